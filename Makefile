@@ -1,0 +1,40 @@
+# Twitcher: `make` alone lists the targets.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+INI ?= development.ini
+
+.DEFAULT_GOAL := help
+.PHONY: help install start test lint docs bench clean
+
+help: ## show this list of targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.py
+	$(BIN)/pip install --quiet -e ".[test,wps,docs,prod]"
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install Twitcher with its test, wps and docs extras
+
+start: install ## run Twitcher on http://localhost:8000 with the embedded SQLite store
+	$(BIN)/pserve $(INI)
+
+test: install ## run the linter and the whole test suite
+	$(BIN)/ruff check twitcher tests bench
+	$(BIN)/pytest
+
+lint: install ## check the code with ruff
+	$(BIN)/ruff check twitcher tests bench
+
+docs: install ## build the Sphinx documentation, warnings as errors
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+bench: install ## run the proxy benchmark on 127.0.0.1 (results in bench/results/)
+	$(BIN)/python bench/run.py
+
+clean: ## remove the virtualenv, build output and local databases
+	rm -rf $(VENV) build dist *.egg-info docs/_build var .pytest_cache .ruff_cache

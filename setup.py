@@ -1,0 +1,55 @@
+"""Packaging for Twitcher, a security proxy for OGC Web Services."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+requires = [
+    "pyramid>=2.0,<3",
+    "pyramid_rpc>=0.8",
+    "pymongo>=4,<5",
+    "requests>=2.28",
+    "lxml>=4.9",
+    "waitress>=2.1",
+]
+
+extras = {
+    "wps": ["pywps>=4.5"],
+    "test": [
+        "pytest>=7",
+        "webtest>=3",
+        "mongomock>=4.1",
+        "hypothesis>=6",
+        "owslib>=0.29",
+        "pywps>=4.5",
+        "ruff>=0.5",
+    ],
+    "docs": ["sphinx>=7"],
+    "prod": ["gunicorn>=21"],
+}
+
+setup(
+    name="twitcher",
+    version="0.5.0",
+    description="A security proxy for OGC Web Services such as the Web Processing Service",
+    long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(exclude=["tests", "tests.*"]),
+    include_package_data=True,
+    zip_safe=False,
+    install_requires=requires,
+    extras_require=extras,
+    classifiers=[
+        "Framework :: Pyramid",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: GIS",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Application",
+    ],
+    entry_points={
+        "paste.app_factory": ["main = twitcher:main"],
+        "console_scripts": ["twitcherctl = twitcher.client:main"],
+    },
+)

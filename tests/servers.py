@@ -1,0 +1,49 @@
+"""Real HTTP servers on 127.0.0.1 for end-to-end tests: waitress in a thread, ephemeral ports."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Iterator
+
+import requests
+from waitress.server import create_server
+
+#: Seconds a test waits for a server to answer before it gives up.
+START_TIMEOUT = 10.0
+
+
+@contextlib.contextmanager
+def serve_wsgi(app: Callable, threads: int = 8, **options) -> Iterator[str]:
+    """Serve ``app`` with waitress on 127.0.0.1 (a free port); yield its base URL.
+
+    The server is stopped when the block ends, even when the test failed.
+    """
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads, clear_untrusted_proxy_headers=True,
+                           **options)
+    host, port = server.socket.getsockname()[:2]
+    thread = threading.Thread(target=server.run, name=f"waitress-{port}", daemon=True)
+    thread.start()
+    base_url = f"http://{host}:{port}"
+    try:
+        wait_until_up(base_url)
+        yield base_url
+    finally:
+        server.close()
+        thread.join(timeout=5)
+
+
+def wait_until_up(base_url: str, path: str = "/", timeout: float = START_TIMEOUT) -> None:
+    """Poll ``base_url + path`` until anything answers (any status), bounded by ``timeout``."""
+    deadline = threading.Event()
+    timer = threading.Timer(timeout, deadline.set)
+    timer.start()
+    try:
+        while not deadline.is_set():
+            try:
+                requests.get(base_url + path, timeout=1)
+                return
+            except requests.ConnectionError:
+                deadline.wait(0.05)
+        raise TimeoutError(f"nothing answered at {base_url} within {timeout} s")
+    finally:
+        timer.cancel()

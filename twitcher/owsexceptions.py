@@ -1,0 +1,102 @@
+"""The one place where errors become OWS ``ExceptionReport`` responses.
+
+OWS clients (OWSLib, QGIS, portals) understand an OGC ``ExceptionReport`` with a real HTTP status;
+they do not understand HTML error pages or tracebacks. The exception views registered here make
+sure that every error under the protected path is answered that way, and that nothing anywhere
+leaks a stack trace.
+"""
+from __future__ import annotations
+
+import logging
+
+from lxml import etree
+from pyramid.httpexceptions import HTTPException
+from pyramid.response import Response
+from pyramid.view import exception_view_config
+
+from .exceptions import (
+    MalformedRequest,
+    OperationNotSupported,
+    OWSException,
+    StoreDown,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+OWS_NS = "http://www.opengis.net/ows/1.1"
+XML_CONTENT_TYPE = "text/xml"
+
+
+def exception_report(exc: OWSException) -> bytes:
+    """Serialise ``exc`` as an OWS 1.1 ``ExceptionReport`` (version 1.0.0)."""
+    report = etree.Element(f"{{{OWS_NS}}}ExceptionReport", nsmap={"ows": OWS_NS},
+                           attrib={"version": "1.0.0", "{http://www.w3.org/XML/1998/namespace}lang": "en"})
+    exception = etree.SubElement(report, f"{{{OWS_NS}}}Exception", exceptionCode=exc.code)
+    if exc.locator:
+        exception.set("locator", exc.locator)
+    etree.SubElement(exception, f"{{{OWS_NS}}}ExceptionText").text = exc.text
+    return etree.tostring(report, xml_declaration=True, encoding="UTF-8")
+
+
+def ows_exception_response(exc: OWSException) -> Response:
+    """The HTTP answer to an OWS client for ``exc``, with the status the design table gives."""
+    response = Response(body=exception_report(exc), status=exc.status,
+                        content_type=XML_CONTENT_TYPE, charset="utf-8")
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="twitcher"'
+    return response
+
+
+def is_ows_request(request) -> bool:
+    """True for paths under the protected prefix, matched by whole path segment."""
+    prefix = request.registry.twitcher.protected_path
+    path = request.path_info
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _http_error_as_ows(exc: HTTPException) -> OWSException:
+    if exc.code == 404:
+        return OWSException("No OWS endpoint at this path.", locator="path", status=404)
+    if exc.code == 405:
+        return OperationNotSupported(f"The HTTP method is not supported here: {exc.detail or ''}".strip(),
+                                     locator="method", status=405)
+    if exc.code == 413:
+        return OWSException("The request body is too large.", status=413)
+    if exc.code < 500:
+        return MalformedRequest(exc.title, status=exc.code)
+    return OWSException(exc.title, status=exc.code)
+
+
+@exception_view_config(OWSException)
+def ows_exception_view(exc, request) -> Response:
+    return ows_exception_response(exc)
+
+
+@exception_view_config(StoreUnavailable)
+def store_unavailable_view(exc, request) -> Response:
+    log.error("store unavailable while serving %s %s", request.method, request.path_info)
+    if is_ows_request(request):
+        return ows_exception_response(StoreDown("The token store is not available; try again later."))
+    return Response(json_body={"error": "store unavailable"}, status=503)
+
+
+@exception_view_config(HTTPException)
+def http_exception_view(exc, request):
+    """Pyramid's own HTTP errors (404, 405, ...) as ExceptionReports under the protected path."""
+    if is_ows_request(request) and exc.code >= 400:
+        return ows_exception_response(_http_error_as_ows(exc))
+    return exc
+
+
+@exception_view_config(Exception)
+def unexpected_error_view(exc, request) -> Response:
+    """Anything unplanned: logged with its traceback here, answered without one."""
+    log.exception("unexpected error serving %s %s", request.method, request.path_info)
+    if is_ows_request(request):
+        return ows_exception_response(OWSException("Internal error in the security proxy.", status=500))
+    return Response(json_body={"error": "internal error"}, status=500)
+
+
+def includeme(config) -> None:
+    config.scan(__name__)

@@ -1,0 +1,187 @@
+"""Twitcher's settings, parsed once at start-up into a frozen, typed object.
+
+Nothing else in Twitcher reads raw setting strings: it asks ``request.registry.twitcher``
+(or ``config.registry.twitcher``) for a :class:`TwitcherSettings`. Every key ``twitcher.x``
+may be overridden by an environment variable ``TWITCHER_X`` so that containers and
+process managers can configure Twitcher without editing the ini file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Callable, FrozenSet, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+from .exceptions import ConfigurationError
+
+#: The requests that need no token unless ``twitcher.public_requests`` says otherwise.
+DEFAULT_PUBLIC_REQUESTS = (
+    "wps:getcapabilities wps:describeprocess "
+    "wms:getcapabilities wfs:getcapabilities wcs:getcapabilities"
+)
+
+
+@dataclass(frozen=True)
+class TwitcherSettings:
+    """Every ``twitcher.*`` setting, typed. Field order is the order of the docs and ini files."""
+
+    url: str = "http://localhost:8000"
+    db_url: str = "sqlite://"
+    ows_security: bool = True
+    ows_proxy: bool = True
+    rpcinterface: bool = True
+    wps: bool = False
+    wps_processes: Tuple[str, ...] = ()
+    wps_cfg: Optional[str] = None
+    wps_workdir: Optional[str] = None
+    protected_path: str = "/ows"
+    public_requests: FrozenSet[Tuple[str, str]] = frozenset()
+    username: str = "admin"
+    password: Optional[str] = None
+    token_max_hours: float = 720.0
+    proxy_timeout: Tuple[float, float] = (5.0, 300.0)
+    max_request_body: int = 10 * 1024 * 1024
+    rewrite_max_bytes: int = 8 * 1024 * 1024
+    trust_forwarded_cert_header: bool = False
+
+    @property
+    def public_base_url(self) -> str:
+        """``twitcher.url`` without a trailing slash, for building public links."""
+        return self.url.rstrip("/")
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _positive_number(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value.strip().replace("_", ""))
+    if number <= 0:
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    return number
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL with a host, got {value!r}")
+    return value.strip()
+
+
+def _db_url(value: str) -> str:
+    value = value.strip()
+    if not value.startswith(("sqlite://", "mongodb://", "mongodb+srv://")):
+        raise ValueError(f"expected a sqlite:// or mongodb:// URL, got {value!r}")
+    return value
+
+
+def _path_prefix(value: str) -> str:
+    segments = [s for s in value.strip().split("/") if s]
+    if not segments:
+        raise ValueError("the protected path cannot be the site root")
+    return "/" + "/".join(segments)
+
+
+def _words(value: str) -> Tuple[str, ...]:
+    return tuple(value.replace(",", " ").split())
+
+
+def _public_requests(value: str) -> FrozenSet[Tuple[str, str]]:
+    pairs = set()
+    for word in _words(value):
+        service, sep, request = word.partition(":")
+        if not sep or not service or not request:
+            raise ValueError(f"expected service:request pairs such as wps:getcapabilities, got {word!r}")
+        pairs.add((service.lower(), request.lower()))
+    return frozenset(pairs)
+
+
+def _timeouts(value: str) -> Tuple[float, float]:
+    """One number for both timeouts, or ``connect, read``."""
+    numbers = [_positive_number(v) for v in _words(value)]
+    if len(numbers) == 1:
+        return (numbers[0], numbers[0])
+    if len(numbers) == 2:
+        return (numbers[0], numbers[1])
+    raise ValueError(f"expected one number or two (connect, read), got {value!r}")
+
+
+def _optional(text: str) -> Optional[str]:
+    return text.strip() or None
+
+
+_PARSERS: Mapping[str, Callable[[str], object]] = {
+    "url": _http_url,
+    "db_url": _db_url,
+    "ows_security": _bool,
+    "ows_proxy": _bool,
+    "rpcinterface": _bool,
+    "wps": _bool,
+    "wps_processes": _words,
+    "wps_cfg": _optional,
+    "wps_workdir": _optional,
+    "protected_path": _path_prefix,
+    "public_requests": _public_requests,
+    "username": str.strip,
+    "password": _optional,
+    "token_max_hours": _positive_number,
+    "proxy_timeout": _timeouts,
+    "max_request_body": _positive_int,
+    "rewrite_max_bytes": _positive_int,
+    "trust_forwarded_cert_header": _bool,
+}
+
+
+def env_var_name(field: str) -> str:
+    """The environment variable that overrides ``twitcher.<field>``."""
+    return "TWITCHER_" + field.upper()
+
+
+def parse_settings(raw: Mapping[str, str], environ: Optional[Mapping[str, str]] = None) -> TwitcherSettings:
+    """Build :class:`TwitcherSettings` from ini values overridden by ``TWITCHER_*`` variables.
+
+    Raises :class:`ConfigurationError` naming the key of the first bad value, so that a
+    misconfigured instance stops at start-up instead of misbehaving under traffic.
+    """
+    environ = os.environ if environ is None else environ
+    known = {f.name for f in dataclasses.fields(TwitcherSettings)}
+    unknown = sorted(k for k in raw if k.startswith("twitcher.") and k[len("twitcher."):] not in known)
+    if unknown:
+        raise ConfigurationError(f"unknown setting {unknown[0]}: see docs/configuration.rst")
+
+    values = {"public_requests": _public_requests(DEFAULT_PUBLIC_REQUESTS)}
+    for field in dataclasses.fields(TwitcherSettings):
+        key = "twitcher." + field.name
+        text = environ.get(env_var_name(field.name), raw.get(key))
+        if text is None:
+            continue
+        try:
+            values[field.name] = _PARSERS[field.name](str(text))
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid value for {key}: {exc}") from None
+
+    settings = TwitcherSettings(**values)
+    if settings.rpcinterface and not settings.password:
+        raise ConfigurationError(
+            "twitcher.password is not set: the admin API (twitcher.rpcinterface) refuses to start "
+            f"without an admin password; set it or {env_var_name('password')}"
+        )
+    return settings
+
+
+def includeme(config) -> None:
+    """Parse the settings once and keep them in the registry for every other concern."""
+    config.registry.twitcher = parse_settings(config.get_settings())

@@ -1,0 +1,82 @@
+"""The small interface every store backend implements.
+
+Both backends pass the same contract suite (``tests/test_store.py``). Every method raises
+:class:`~twitcher.exceptions.StoreUnavailable` when the database does not answer, so callers
+can fail closed without knowing which backend they talk to.
+"""
+from __future__ import annotations
+
+import abc
+from typing import List, Optional
+
+from ..services import Service
+from ..tokens import AccessToken
+
+
+class TokenStore(abc.ABC):
+    """Token records, keyed by the SHA-256 digest of the token."""
+
+    @abc.abstractmethod
+    def save_token(self, token: AccessToken) -> None:
+        """Store a new token record."""
+
+    @abc.abstractmethod
+    def fetch_token(self, digest: str) -> Optional[AccessToken]:
+        """The record for ``digest``, revoked or expired ones included, or None when unknown.
+
+        Validity is decided by :func:`twitcher.tokens.check_token`, not here, so that a client
+        can be told whether its token is unknown, revoked or expired.
+        """
+
+    @abc.abstractmethod
+    def revoke_token(self, digest: str) -> bool:
+        """Mark one token revoked; True when a usable token was revoked."""
+
+    @abc.abstractmethod
+    def revoke_all_tokens(self) -> int:
+        """Mark every token revoked; return how many were usable before."""
+
+    @abc.abstractmethod
+    def purge_expired_tokens(self) -> int:
+        """Delete records whose expiry has passed; housekeeping only, never needed for correctness."""
+
+
+class ServiceStore(abc.ABC):
+    """Registered services, unique by name."""
+
+    @abc.abstractmethod
+    def save_service(self, service: Service, overwrite: bool = True) -> Service:
+        """Store ``service``; raise :class:`~twitcher.exceptions.ServiceExists` when its name
+        is taken and ``overwrite`` is false."""
+
+    @abc.abstractmethod
+    def fetch_by_name(self, name: str) -> Optional[Service]:
+        """The service registered under ``name``, or None."""
+
+    @abc.abstractmethod
+    def fetch_by_url(self, url: str) -> Optional[Service]:
+        """The first service (by name) registered with exactly ``url``, or None."""
+
+    @abc.abstractmethod
+    def list_services(self) -> List[Service]:
+        """All services, sorted by name."""
+
+    @abc.abstractmethod
+    def delete_service(self, name: str) -> bool:
+        """Remove one service; True when it existed."""
+
+    @abc.abstractmethod
+    def clear_services(self) -> int:
+        """Remove every service; return how many there were."""
+
+
+class Store(TokenStore, ServiceStore):
+    """One backend holds both tokens and services, over one connection per process."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Return when the database answers; raise StoreUnavailable otherwise."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections (tests, shutdown)."""

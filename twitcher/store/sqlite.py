@@ -1,0 +1,182 @@
+"""The embedded store: one SQLite file (or memory), so Twitcher runs with nothing else installed.
+
+One connection per process, opened lazily and reopened after a fork, guarded by a lock so that
+waitress' threads share it safely. WAL mode and a busy timeout let several processes (several
+Twitcher instances, gunicorn workers) share one file: a token written by one is read by all.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+from ..exceptions import ServiceExists, StoreUnavailable
+from ..services import Service, service_from_record
+from ..tokens import AccessToken, utcnow
+from .base import Store
+
+log = logging.getLogger(__name__)
+
+#: How long a writer waits for another process' lock before the store counts as unavailable.
+BUSY_TIMEOUT_SECONDS = 5.0
+#: Expired records are kept this long so that a client is told "expired" rather than "unknown".
+EXPIRED_GRACE_SECONDS = 24 * 3600
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    digest TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL,
+    environ TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS services_url ON services (url);
+"""
+
+
+def sqlite_path(db_url: str) -> str:
+    """``sqlite://`` is memory; ``sqlite:///rel/path`` and ``sqlite:////abs/path`` are files."""
+    rest = db_url[len("sqlite://"):]
+    if not rest:
+        return ":memory:"
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(f"expected sqlite:// or sqlite:///path, got {db_url!r}")
+    return rest[1:]
+
+
+def _epoch(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+class SQLiteStore(Store):
+    def __init__(self, db_url: str):
+        self.path = sqlite_path(db_url)
+        self._lock = threading.Lock()
+        self._conn: Optional[sqlite3.Connection] = None
+        self._pid: Optional[int] = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False,
+                               isolation_level=None)
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """The process' connection, under the lock; database errors become StoreUnavailable."""
+        with self._lock:
+            try:
+                if self._conn is None or self._pid != os.getpid():
+                    # After a fork the parent's connection must not be used: open our own.
+                    self._conn = self._connect()
+                    self._pid = os.getpid()
+                yield self._conn
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                log.error("SQLite store %s failed: %s", self.path, exc)
+                raise StoreUnavailable(f"the token store did not answer: {exc}") from exc
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def save_token(self, token: AccessToken) -> None:
+        now = _epoch(utcnow())
+        with self._db() as db:
+            db.execute("INSERT INTO tokens (digest, expires_at, environ, revoked) VALUES (?, ?, ?, ?)",
+                       (token.digest, _epoch(token.expires_at), json.dumps(dict(token.environ)),
+                        int(token.revoked)))
+            db.execute("DELETE FROM tokens WHERE expires_at < ?", (now - EXPIRED_GRACE_SECONDS,))
+
+    def fetch_token(self, digest: str) -> Optional[AccessToken]:
+        with self._db() as db:
+            row = db.execute("SELECT expires_at, environ, revoked FROM tokens WHERE digest = ?",
+                             (digest,)).fetchone()
+        if row is None:
+            return None
+        return AccessToken(digest=digest,
+                           expires_at=datetime.fromtimestamp(row[0], timezone.utc),
+                           environ=json.loads(row[1]), revoked=bool(row[2]))
+
+    def revoke_token(self, digest: str) -> bool:
+        with self._db() as db:
+            cursor = db.execute("UPDATE tokens SET revoked = 1 WHERE digest = ? AND revoked = 0 AND expires_at > ?",
+                                (digest, _epoch(utcnow())))
+        return cursor.rowcount > 0
+
+    def revoke_all_tokens(self) -> int:
+        with self._db() as db:
+            cursor = db.execute("UPDATE tokens SET revoked = 1 WHERE revoked = 0 AND expires_at > ?",
+                                (_epoch(utcnow()),))
+        return cursor.rowcount
+
+    def purge_expired_tokens(self) -> int:
+        with self._db() as db:
+            cursor = db.execute("DELETE FROM tokens WHERE expires_at <= ?", (_epoch(utcnow()),))
+        return cursor.rowcount
+
+    # -- services -----------------------------------------------------------------------
+
+    def save_service(self, service: Service, overwrite: bool = True) -> Service:
+        verb = "INSERT OR REPLACE" if overwrite else "INSERT"
+        try:
+            with self._db() as db:
+                db.execute(f"{verb} INTO services (name, url, record) VALUES (?, ?, ?)",
+                           (service.name, service.url, json.dumps(service.as_struct())))
+        except sqlite3.IntegrityError:
+            raise ServiceExists(f"a service named {service.name!r} is registered already "
+                                "(pass overwrite=True to replace it)") from None
+        return service
+
+    def fetch_by_name(self, name: str) -> Optional[Service]:
+        with self._db() as db:
+            row = db.execute("SELECT record FROM services WHERE name = ?", (name,)).fetchone()
+        return service_from_record(json.loads(row[0])) if row else None
+
+    def fetch_by_url(self, url: str) -> Optional[Service]:
+        with self._db() as db:
+            row = db.execute("SELECT record FROM services WHERE url = ? ORDER BY name LIMIT 1",
+                             (url,)).fetchone()
+        return service_from_record(json.loads(row[0])) if row else None
+
+    def list_services(self) -> List[Service]:
+        with self._db() as db:
+            rows = db.execute("SELECT record FROM services ORDER BY name").fetchall()
+        return [service_from_record(json.loads(row[0])) for row in rows]
+
+    def delete_service(self, name: str) -> bool:
+        with self._db() as db:
+            cursor = db.execute("DELETE FROM services WHERE name = ?", (name,))
+        return cursor.rowcount > 0
+
+    def clear_services(self) -> int:
+        with self._db() as db:
+            cursor = db.execute("DELETE FROM services")
+        return cursor.rowcount
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def ping(self) -> None:
+        with self._db() as db:
+            db.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None

@@ -1,0 +1,5 @@
+"""Placeholder while this concern is being built (see the open issue)."""
+
+
+def includeme(config) -> None:
+    return None
