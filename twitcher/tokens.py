@@ -10,7 +10,8 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
+from urllib.parse import unquote_plus
 
 from .exceptions import AccessDenied, InvalidArgument
 
@@ -128,3 +129,24 @@ def validate_environ(environ: Any) -> dict:
             raise InvalidArgument(f"environ value of {key!r} is longer than {ENVIRON_MAX_VALUE} characters")
         clean[key] = value
     return clean
+
+
+def _param_name(pair: str) -> str:
+    return unquote_plus(pair.partition("=")[0]).strip().lower()
+
+
+def token_params(query_string: str) -> List[str]:
+    """The values of every token parameter in a raw query string, in order."""
+    return [unquote_plus(pair.partition("=")[2]) for pair in query_string.split("&")
+            if _param_name(pair) in TOKEN_PARAMS]
+
+
+def strip_token_params(query_string: str) -> str:
+    """The raw query string without token parameters, every other byte kept as it was.
+
+    Only ``&`` separates pairs: WPS ``DataInputs=a=1;b=2`` uses ``;`` inside a value and must
+    reach the backend unchanged.
+    """
+    if "token" not in query_string.lower():
+        return query_string
+    return "&".join(pair for pair in query_string.split("&") if _param_name(pair) not in TOKEN_PARAMS)
