@@ -12,13 +12,18 @@ from typing import List, Optional
 from ..services import Service
 from ..tokens import AccessToken
 
+#: Expired token records are kept this long (by every backend) so that a client is told
+#: "expired" rather than "unknown"; validity is judged at read time, never by this cleanup.
+EXPIRED_GRACE_SECONDS = 24 * 3600
+
 
 class TokenStore(abc.ABC):
     """Token records, keyed by the SHA-256 digest of the token."""
 
     @abc.abstractmethod
     def save_token(self, token: AccessToken) -> None:
-        """Store a new token record."""
+        """Store a new token record; a digest stored already raises
+        :class:`~twitcher.exceptions.InvalidArgument` (never silently replaced)."""
 
     @abc.abstractmethod
     def fetch_token(self, digest: str) -> Optional[AccessToken]:

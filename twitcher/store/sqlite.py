@@ -16,17 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from ..exceptions import ServiceExists, StoreUnavailable
+from ..exceptions import InvalidArgument, ServiceExists, StoreUnavailable
 from ..services import Service, service_from_record
 from ..tokens import AccessToken, utcnow
-from .base import Store
+from .base import EXPIRED_GRACE_SECONDS, Store
 
 log = logging.getLogger(__name__)
 
 #: How long a writer waits for another process' lock before the store counts as unavailable.
 BUSY_TIMEOUT_SECONDS = 5.0
-#: Expired records are kept this long so that a client is told "expired" rather than "unknown".
-EXPIRED_GRACE_SECONDS = 24 * 3600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -71,10 +69,14 @@ class SQLiteStore(Store):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False,
                                isolation_level=None)
-        if self.path != ":memory:":
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
+        try:
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
 
     @contextlib.contextmanager
@@ -89,7 +91,8 @@ class SQLiteStore(Store):
                 yield self._conn
             except sqlite3.IntegrityError:
                 raise
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
+                # OSError: the file's folder cannot be created (a file is in the way, no permission).
                 log.error("SQLite store %s failed: %s", self.path, exc)
                 raise StoreUnavailable(f"the token store did not answer: {exc}") from exc
 
@@ -97,11 +100,14 @@ class SQLiteStore(Store):
 
     def save_token(self, token: AccessToken) -> None:
         now = _epoch(utcnow())
-        with self._db() as db:
-            db.execute("INSERT INTO tokens (digest, expires_at, environ, revoked) VALUES (?, ?, ?, ?)",
-                       (token.digest, _epoch(token.expires_at), json.dumps(dict(token.environ)),
-                        int(token.revoked)))
-            db.execute("DELETE FROM tokens WHERE expires_at < ?", (now - EXPIRED_GRACE_SECONDS,))
+        try:
+            with self._db() as db:
+                db.execute("INSERT INTO tokens (digest, expires_at, environ, revoked) VALUES (?, ?, ?, ?)",
+                           (token.digest, _epoch(token.expires_at), json.dumps(dict(token.environ)),
+                            int(token.revoked)))
+                db.execute("DELETE FROM tokens WHERE expires_at < ?", (now - EXPIRED_GRACE_SECONDS,))
+        except sqlite3.IntegrityError:
+            raise InvalidArgument("a token with this digest is stored already") from None
 
     def fetch_token(self, digest: str) -> Optional[AccessToken]:
         with self._db() as db:
