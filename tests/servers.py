@@ -6,6 +6,7 @@ import threading
 from typing import Callable, Iterator
 
 import requests
+from waitress import wasyncore
 from waitress.server import create_server
 
 #: Seconds a test waits for a server to answer before it gives up.
@@ -28,8 +29,16 @@ def serve_wsgi(app: Callable, threads: int = 8, **options) -> Iterator[str]:
         wait_until_up(base_url)
         yield base_url
     finally:
-        server.close()
+        # server.close() alone leaves keep-alive connections (xmlrpc.client, OWSLib) open, and
+        # waitress' loop runs until its map is empty: close everything, from the loop's own thread.
+        try:
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        except OSError:
+            # The loop was already awake (a finished task pulled the trigger), ran our queued
+            # thunk before our own wake-up write, and closed the trigger with everything else.
+            pass
         thread.join(timeout=5)
+        server.task_dispatcher.shutdown()
 
 
 def wait_until_up(base_url: str, path: str = "/", timeout: float = START_TIMEOUT) -> None:

@@ -1,5 +1,232 @@
-"""Placeholder while this concern is being built (see the open issue)."""
+"""The XML-RPC admin API at ``/RPC2``: tokens and the service registry, for admins only.
+
+The methods are compatible with the MongoDB-era Twitcher (0.3/0.4), so existing portals keep
+working; each one's docstring below is its reference. Every call needs the admin's HTTP Basic
+credentials (:mod:`twitcher.adminauth`); without them the answer is HTTP 401 and nothing happens.
+
+Errors come back as XML-RPC faults whose ``faultString`` says what was wrong. Fault codes:
+
+====== ====================================================================================
+code   meaning
+====== ====================================================================================
+1      an argument is invalid (type, range, format); fix the call
+2      ``register_service`` with ``overwrite=False``: the name is taken already
+3      the token/service store is not available; try again later
+-32500 internal error (logged on the server; no details are sent)
+-32601 no such method
+-32602 wrong number of arguments
+-32700 the request is not well-formed XML-RPC
+====== ====================================================================================
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Dict, List
+from xmlrpc.client import Fault
+
+from pyramid.httpexceptions import HTTPException, HTTPNotFound
+
+from . import adminauth, services, tokens
+from .exceptions import InvalidArgument, ServiceExists, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "RPC2"
+
+FAULT_INVALID_ARGUMENT = 1
+FAULT_SERVICE_EXISTS = 2
+FAULT_STORE_UNAVAILABLE = 3
+FAULT_INTERNAL_ERROR = -32500
+FAULT_METHOD_NOT_FOUND = -32601
+FAULT_INVALID_PARAMS = -32602
+
+
+def as_fault(exc: Exception, method: str) -> Fault:
+    """The one translation of Twitcher's errors into XML-RPC faults.
+
+    Expected errors carry their message to the admin; anything else is logged here, with its
+    traceback, and answered with a generic fault so that no internals leak.
+    """
+    if isinstance(exc, ServiceExists):
+        return Fault(FAULT_SERVICE_EXISTS, str(exc))
+    if isinstance(exc, InvalidArgument):
+        return Fault(FAULT_INVALID_ARGUMENT, f"{method}: {exc}")
+    if isinstance(exc, StoreUnavailable):
+        log.error("admin API %s: store unavailable", method)
+        return Fault(FAULT_STORE_UNAVAILABLE, "the token and service store is not available; try again later")
+    log.error("admin API %s: unexpected error", method, exc_info=exc)
+    return Fault(FAULT_INTERNAL_ERROR, "internal error (see the Twitcher log)")
+
+
+class PositionalMapper:
+    """Pyramid view mapper for the methods: XML-RPC params bound to the function's signature.
+
+    Unlike pyramid_rpc's default mapper it never fills arguments from the query string, so
+    what an admin sends in the body is exactly what the method gets; and it is where method
+    errors become faults (:func:`as_fault`).
+    """
+
+    def __init__(self, **kw):
+        self.kw = kw
+
+    def __call__(self, view):
+        signature = inspect.signature(view)
+
+        def call_method(context, request):
+            method = request.rpc_method
+            try:
+                bound = signature.bind(request, *request.rpc_args)
+            except TypeError as exc:
+                raise Fault(FAULT_INVALID_PARAMS, f"{method}: {exc}") from None
+            try:
+                return view(*bound.args, **bound.kwargs)
+            except Exception as exc:
+                raise as_fault(exc, method) from None
+
+        return call_method
+
+
+def _require_str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+# -- tokens ------------------------------------------------------------------------------
+
+
+def generate_token(request, valid_in_hours: Any = 1, environ: Any = None) -> Dict[str, Any]:
+    """Make an access token for one client.
+
+    ``valid_in_hours``: lifetime, a number greater than 0 and at most ``twitcher.token_max_hours``
+    (numeric strings are accepted). ``environ``: optional struct of strings handed to the internal
+    WPS with each request made with this token (never to proxied services); at most
+    32 entries, keys are letters, digits and ``_`` that do not clash with WSGI/CGI names.
+
+    Returns ``{"access_token": str, "expires_at": int}`` (expiry in epoch seconds, UTC). The
+    token is shown only here: Twitcher keeps its SHA-256 digest.
+    """
+    hours = tokens.validate_hours(valid_in_hours, request.registry.twitcher.token_max_hours)
+    data = tokens.validate_environ(environ)
+    token, record = tokens.new_token(hours, data)
+    request.store.save_token(record)
+    log.info("admin API: token %s generated, valid %g h", tokens.fingerprint(token), hours)
+    return {"access_token": token, "expires_at": int(record.expires_at.timestamp())}
+
+
+def revoke_token(request, token: Any) -> bool:
+    """Revoke one token at once on every Twitcher sharing this store.
+
+    Returns True when a valid token was revoked, False when the token is unknown, expired or
+    revoked already.
+    """
+    token = _require_str(token, "token")
+    revoked = request.store.revoke_token(tokens.token_digest(token))
+    log.info("admin API: revoke token %s: %s", tokens.fingerprint(token), "done" if revoked else "not active")
+    return revoked
+
+
+def revoke_all_tokens(request) -> bool:
+    """Revoke every token. Returns True."""
+    count = request.store.revoke_all_tokens()
+    log.info("admin API: all tokens revoked (%d active)", count)
+    return True
+
+
+# -- services ----------------------------------------------------------------------------
+
+
+def register_service(request, url: Any, data: Any = None, overwrite: Any = True) -> Dict[str, Any]:
+    """Register (or with ``overwrite``, replace) an OWS service behind the proxy.
+
+    ``url``: the service's ``http``/``https`` endpoint; its query string is kept. ``data``
+    (optional struct): ``name`` (derived from the URL when absent; lower-case letters, digits,
+    ``_``, ``-``), ``type`` (``wps`` default, ``wms``, ``wfs``, ``wcs``), ``public`` (false: needs
+    a token), ``auth`` (``token`` or ``cert``), ``purl`` (public URL used in rewritten
+    documents), ``verify`` (true, false or the absolute path of a CA bundle). A value of nil
+    means the default. ``overwrite`` (boolean, default true): false makes an existing name a
+    fault (code 2).
+
+    Returns the service struct ``{name, url, type, public, auth, purl, verify}``.
+    """
+    if not isinstance(overwrite, bool):
+        raise InvalidArgument(f"overwrite must be a boolean, got {overwrite!r}")
+    service = services.service_from_registration(url, data)
+    saved = request.store.save_service(service, overwrite=overwrite)
+    log.info("admin API: service %r registered (type %s, public %s)", saved.name, saved.type, saved.public)
+    return saved.as_struct()
+
+
+def unregister_service(request, name: Any) -> bool:
+    """Remove the service ``name``. Returns True when it was registered."""
+    name = _require_str(name, "name")
+    removed = request.store.delete_service(name)
+    if removed:
+        log.info("admin API: service %r unregistered", name)
+    return removed
+
+
+def get_service_by_name(request, name: Any) -> Dict[str, Any]:
+    """The service struct registered under ``name``, or ``{}`` when there is none."""
+    service = request.store.fetch_by_name(_require_str(name, "name"))
+    return service.as_struct() if service else {}
+
+
+def get_service_by_url(request, url: Any) -> Dict[str, Any]:
+    """The service struct registered with exactly ``url`` (first by name), or ``{}``."""
+    service = request.store.fetch_by_url(_require_str(url, "url"))
+    return service.as_struct() if service else {}
+
+
+def list_services(request) -> List[Dict[str, Any]]:
+    """Every registered service struct, sorted by name."""
+    return [service.as_struct() for service in request.store.list_services()]
+
+
+def clear_services(request) -> bool:
+    """Remove every registered service. Returns True."""
+    count = request.store.clear_services()
+    log.info("admin API: all services removed (%d)", count)
+    return True
+
+
+METHODS = (generate_token, revoke_token, revoke_all_tokens, register_service, unregister_service,
+           get_service_by_name, get_service_by_url, list_services, clear_services)
+
+
+# -- errors before a method runs ---------------------------------------------------------
+
+
+def http_error_view(exc: HTTPException, request):
+    """Forbidden or unknown method at ``/RPC2``: 401 for strangers, a fault for admins.
+
+    pyramid_rpc would answer a failed permission check with a 200 fault; an admin API must
+    answer 401 + ``WWW-Authenticate`` so that clients know to send credentials, and must not
+    tell a stranger which methods exist.
+    """
+    if not request.is_authenticated:
+        return adminauth.challenge(request)
+    if isinstance(exc, HTTPNotFound):
+        return Fault(FAULT_METHOD_NOT_FOUND, f"no such method: {getattr(request, 'rpc_method', None)!r}")
+    return adminauth.challenge(request)
+
+
+def unparsed_fault_view(exc: Fault, request):
+    """A fault raised before routing (a body that is not XML-RPC): 401 first for strangers."""
+    if not request.is_authenticated:
+        return adminauth.challenge(request)
+    return exc
 
 
 def includeme(config) -> None:
-    return None
+    config.include(".adminauth")
+    config.include("pyramid_rpc.xmlrpc")
+    config.add_xmlrpc_endpoint(ENDPOINT, "/RPC2", default_mapper=PositionalMapper)
+    for method in METHODS:
+        config.add_xmlrpc_method(method, endpoint=ENDPOINT, method=method.__name__,
+                                 permission=adminauth.ADMIN_PERMISSION, require_csrf=False)
+    # Route-specific, so it wins over pyramid_rpc's catch-all fault view for this route.
+    config.add_view(http_error_view, context=HTTPException, route_name=ENDPOINT, renderer="xmlrpc")
+    # Same discriminator as pyramid_rpc's own view: ours wins because we include pyramid_rpc.
+    config.add_view(unparsed_fault_view, context=Fault, renderer="xmlrpc")

@@ -11,8 +11,13 @@ from .exceptions import InvalidArgument
 
 SERVICE_TYPES = ("wps", "wms", "wfs", "wcs")
 AUTH_METHODS = ("token", "cert")
+MAX_URL_LENGTH = 2048
 _NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 _DATA_KEYS = frozenset({"name", "type", "public", "auth", "purl", "verify"})
+#: Keys that Twitcher 0.3/0.4 portals may still send and that mean nothing any more: ignored.
+_LEGACY_KEYS = frozenset({"c4i"})
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,15 @@ def check_url(url: Any, what: str = "url") -> str:
     if not isinstance(url, str) or not url.strip():
         raise InvalidArgument(f"{what} must be a non-empty string")
     url = url.strip()
-    parts = urlsplit(url)
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidArgument(f"{what} is longer than {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise InvalidArgument(f"{what} must not contain spaces or control characters, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} is not a valid URL ({exc}): {url!r}") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise InvalidArgument(f"{what} must use http or https, got {url!r}")
     if not parts.hostname:
@@ -50,10 +63,19 @@ def check_url(url: Any, what: str = "url") -> str:
 
 
 def name_from_url(url: str) -> str:
-    """Derive a service name from a URL: its last meaningful path segment, else its host."""
+    """Derive a service name from a URL: its last meaningful path segment, else its host (and port).
+
+    The port is part of a host-derived name so that two services on one host do not silently
+    replace each other (``overwrite`` defaults to true).
+    """
     parts = urlsplit(url)
     candidates = [s for s in parts.path.split("/") if s and s.lower() not in ("wps", "ows", "wms", "wfs", "wcs")]
-    base = candidates[-1] if candidates else (parts.hostname or "service")
+    if candidates:
+        base = candidates[-1]
+    else:
+        base = parts.hostname or "service"
+        if parts.port:
+            base = f"{base}_{parts.port}"
     name = re.sub(r"[^a-z0-9_-]+", "_", base.lower()).strip("_-")[:64]
     return name or "service"
 
@@ -65,22 +87,30 @@ def check_name(name: Any) -> str:
     return name
 
 
-def _check_bool(value: Any, key: str) -> bool:
+def _as_bool(value: Any) -> Optional[bool]:
+    """A boolean as old portals send it (bool, 0/1, "true"/"false"/"yes"/...), else None."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise InvalidArgument(f"{key} must be true or false, got {value!r}")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    return None
+
+
+def _check_bool(value: Any, key: str) -> bool:
+    flag = _as_bool(value)
+    if flag is None:
+        raise InvalidArgument(f"{key} must be true or false, got {value!r}")
+    return flag
 
 
 def _check_verify(value: Any) -> Union[bool, str]:
-    if isinstance(value, bool):
+    flag = _as_bool(value)
+    if flag is not None:
+        return flag
+    if isinstance(value, str) and os.path.isabs(value):
         return value
-    if isinstance(value, str):
-        if value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if os.path.isabs(value):
-            return value
     raise InvalidArgument(f"verify must be true, false or the absolute path of a CA bundle, got {value!r}")
 
 
@@ -91,6 +121,8 @@ def service_from_registration(url: Any, data: Optional[Mapping[str, Any]] = None
         data = {}
     if not isinstance(data, Mapping):
         raise InvalidArgument(f"data must be a struct, got {type(data).__name__}")
+    # Old portals send nil for "not set" and may send keys of the 0.3/0.4 era: both mean default.
+    data = {k: v for k, v in data.items() if v is not None and k not in _LEGACY_KEYS}
     unknown = sorted(set(data) - _DATA_KEYS)
     if unknown:
         raise InvalidArgument(f"unknown key {unknown[0]!r} in data: allowed are {', '.join(sorted(_DATA_KEYS))}")

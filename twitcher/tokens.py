@@ -23,8 +23,10 @@ TOKEN_PARAMS = ("access_token", "token")
 ENVIRON_MAX_ITEMS = 32
 ENVIRON_MAX_KEY = 64
 ENVIRON_MAX_VALUE = 4096
-#: Environ keys are upper-case identifiers and must not collide with WSGI/CGI/server keys.
-_ENVIRON_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
+#: Environ keys are identifiers without dots (so never ``wsgi.*``, ``webob.*``, ...) and must not
+#: collide with WSGI/CGI/server keys, compared upper-cased. Lower case is accepted because
+#: 0.3/0.4 portals sent keys such as ``esgf_access_token``.
+_ENVIRON_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RESERVED_KEYS = frozenset({
     "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE",
     "CONTENT_LENGTH", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "SERVER_SOFTWARE",
@@ -106,8 +108,8 @@ def validate_hours(value: Any, max_hours: float) -> float:
 def validate_environ(environ: Any) -> dict:
     """Check the data attached to a token before it may ever reach a WSGI environ.
 
-    A flat struct of strings, bounded in count and size, whose keys are upper-case names that
-    cannot overwrite WSGI, CGI, server or framework keys.
+    A flat struct of strings, bounded in count and size, whose keys are names that cannot
+    overwrite WSGI, CGI, server or framework keys.
     """
     if environ is None:
         return {}
@@ -119,9 +121,9 @@ def validate_environ(environ: Any) -> dict:
     for key, value in environ.items():
         if not isinstance(key, str) or not _ENVIRON_KEY.match(key) or len(key) > ENVIRON_MAX_KEY:
             raise InvalidArgument(
-                f"environ key {key!r} is not allowed: use upper-case letters, digits and _ "
+                f"environ key {key!r} is not allowed: use letters, digits and _ "
                 f"(at most {ENVIRON_MAX_KEY} characters, starting with a letter)")
-        if key in _RESERVED_KEYS or key.startswith(_RESERVED_PREFIXES):
+        if key.upper() in _RESERVED_KEYS or key.upper().startswith(_RESERVED_PREFIXES):
             raise InvalidArgument(f"environ key {key!r} is reserved for the server and cannot be set")
         if not isinstance(value, str):
             raise InvalidArgument(f"environ value of {key!r} must be a string, got {type(value).__name__}")
@@ -147,6 +149,7 @@ def strip_token_params(query_string: str) -> str:
     Only ``&`` separates pairs: WPS ``DataInputs=a=1;b=2`` uses ``;`` inside a value and must
     reach the backend unchanged.
     """
-    if "token" not in query_string.lower():
+    # Fast path only when no parameter name can spell "token", not even percent-encoded.
+    if "token" not in query_string.lower() and "%" not in query_string:
         return query_string
     return "&".join(pair for pair in query_string.split("&") if _param_name(pair) not in TOKEN_PARAMS)

@@ -1,0 +1,365 @@
+"""The XML-RPC admin API: every method through webtest and through a real ServerProxy."""
+from __future__ import annotations
+
+import base64
+import logging
+import time
+import xmlrpc.client
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
+from twitcher import rpcinterface
+from twitcher.exceptions import StoreUnavailable
+from twitcher.services import Service
+from twitcher.tokens import new_token, token_digest
+
+ADMIN_AUTH = "Basic " + base64.b64encode(f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()).decode()
+WPS_URL = "http://wps.example.org/wps"
+
+#: One well-formed call per method, used for the authentication matrix.
+CALLS = [
+    ("generate_token", (1, {"USER_ID": "alice"})),
+    ("revoke_token", ("some-token",)),
+    ("revoke_all_tokens", ()),
+    ("register_service", (WPS_URL, {"name": "intruder"})),
+    ("unregister_service", ("emu",)),
+    ("get_service_by_name", ("emu",)),
+    ("get_service_by_url", (WPS_URL,)),
+    ("list_services", ()),
+    ("clear_services", ()),
+]
+
+#: Bad arguments of the issue, and words the fault's message must contain.
+BAD_CALLS = [
+    ("generate_token", (-1,), "greater than 0"),
+    ("generate_token", (0,), "greater than 0"),
+    ("generate_token", (10_000,), "at most 720"),
+    ("generate_token", ("soon",), "must be a number"),
+    ("generate_token", ("nan",), "greater than 0"),
+    ("generate_token", (1, ["A=b"]), "environ must be a struct"),
+    ("generate_token", (1, {f"K{i}": "v" for i in range(33)}), "at most 32 entries"),
+    ("generate_token", (1, {"KEY": "x" * 5000}), "longer than 4096"),
+    ("generate_token", (1, {"PATH_INFO": "/admin"}), "reserved"),
+    ("generate_token", (1, {"HTTP_AUTHORIZATION": "x"}), "reserved"),
+    ("generate_token", (1, {"wsgi.input": "x"}), "not allowed"),
+    ("generate_token", (1, {"KEY": 5}), "must be a string"),
+    ("register_service", ("ftp://example.org/wps",), "http or https"),
+    ("register_service", ("http:///wps",), "must name a host"),
+    ("register_service", ("not a url",), "spaces"),
+    ("register_service", ("wps.example.org/wps",), "http or https"),
+    ("register_service", ("http://[::1/wps",), "not a valid URL"),
+    ("register_service", (WPS_URL, {"name": "Bad Name!"}), "not allowed"),
+    ("register_service", (WPS_URL, {"type": "sos"}), "type must be one of"),
+    ("register_service", (WPS_URL, {"auth": "password"}), "auth must be one of"),
+    ("register_service", (WPS_URL, {"verify": "relative/ca.pem"}), "verify must be"),
+    ("register_service", (WPS_URL, {"nmae": "typo"}), "unknown key 'nmae'"),
+    ("register_service", (WPS_URL, "emu"), "data must be a struct"),
+    ("register_service", (WPS_URL, {}, "no"), "overwrite must be a boolean"),
+    ("revoke_token", (42,), "token must be a string"),
+    ("get_service_by_name", (["emu"],), "name must be a string"),
+]
+
+
+def rpc(testapp, method, *params, auth=ADMIN_AUTH, status=200, **kwargs):
+    """POST one XML-RPC call; return the webtest response."""
+    headers = {"Content-Type": "text/xml"}
+    if auth is not None:
+        headers["Authorization"] = auth
+    body = xmlrpc.client.dumps(tuple(params), method)
+    return testapp.post("/RPC2", body, headers=headers, status=status, **kwargs)
+
+
+def result(response):
+    """The value of a methodResponse; raises the Fault it carries."""
+    return xmlrpc.client.loads(response.body)[0][0]
+
+
+def fault(response) -> xmlrpc.client.Fault:
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        xmlrpc.client.loads(response.body)
+    return caught.value
+
+
+def snapshot(store):
+    """Everything an admin call could change, to prove that nothing did."""
+    with store._db() as db:
+        tokens = db.execute("SELECT digest, revoked FROM tokens ORDER BY digest").fetchall()
+    return tokens, store.list_services()
+
+
+@pytest.fixture
+def arranged(store):
+    """One active token and one service in the store of ``testapp``; returns the clear token."""
+    token, record = new_token(1)
+    store.save_token(record)
+    store.save_service(Service(name="emu", url=WPS_URL))
+    return token
+
+
+# -- happy paths through webtest -------------------------------------------------------------
+
+
+def test_generate_token_returns_token_and_epoch_expiry_and_stores_only_its_digest(testapp, store):
+    before = int(time.time())
+    answer = result(rpc(testapp, "generate_token", 2, {"USER_ID": "alice"}))
+    assert set(answer) == {"access_token", "expires_at"}
+    assert isinstance(answer["expires_at"], int)
+    assert before + 2 * 3600 - 1 <= answer["expires_at"] <= int(time.time()) + 2 * 3600
+    record = store.fetch_token(token_digest(answer["access_token"]))
+    assert record.environ == {"USER_ID": "alice"} and not record.revoked
+    with store._db() as db:
+        stored = db.execute("SELECT digest FROM tokens").fetchall()
+    assert answer["access_token"] not in str(stored)
+
+
+def test_generate_token_defaults_to_one_hour_without_environ(testapp, store):
+    answer = result(rpc(testapp, "generate_token"))
+    assert abs(answer["expires_at"] - (time.time() + 3600)) < 5
+    assert store.fetch_token(token_digest(answer["access_token"])).environ == {}
+
+
+def test_generate_token_accepts_what_old_portals_send(testapp, store):
+    answer = result(rpc(testapp, "generate_token", "3", {"esgf_access_token": "abc"}))
+    assert abs(answer["expires_at"] - (time.time() + 3 * 3600)) < 5
+    assert store.fetch_token(token_digest(answer["access_token"])).environ == {"esgf_access_token": "abc"}
+
+
+def test_tokens_are_distinct_and_long(testapp):
+    first, second = (result(rpc(testapp, "generate_token"))["access_token"] for _ in range(2))
+    assert first != second
+    assert len(base64.urlsafe_b64decode(first + "==")) >= 16
+
+
+def test_revoke_token_revokes_once(testapp, store, arranged):
+    assert result(rpc(testapp, "revoke_token", arranged)) is True
+    assert store.fetch_token(token_digest(arranged)).revoked
+    assert result(rpc(testapp, "revoke_token", arranged)) is False
+    assert result(rpc(testapp, "revoke_token", "never-issued")) is False
+
+
+def test_revoke_all_tokens_revokes_every_token(testapp, store, arranged):
+    other = result(rpc(testapp, "generate_token"))["access_token"]
+    assert result(rpc(testapp, "revoke_all_tokens")) is True
+    assert store.fetch_token(token_digest(arranged)).revoked
+    assert store.fetch_token(token_digest(other)).revoked
+
+
+def test_register_service_returns_the_full_struct(testapp, store):
+    answer = result(rpc(testapp, "register_service", "https://example.org/emu/wps?map=1",
+                        {"type": "WPS", "public": True, "purl": "https://public.example.org/emu",
+                         "verify": False}))
+    assert answer == {"name": "emu", "url": "https://example.org/emu/wps?map=1", "type": "wps", "public": True,
+                      "auth": "token", "purl": "https://public.example.org/emu", "verify": False}
+    assert store.fetch_by_name("emu").as_struct() == answer
+
+
+def test_register_service_tolerates_nil_and_legacy_keys_of_old_portals(testapp):
+    body = xmlrpc.client.dumps((WPS_URL, {"name": "emu", "purl": None, "c4i": False, "public": "false"}),
+                               "register_service", allow_none=True)
+    response = testapp.post("/RPC2", body, headers={"Authorization": ADMIN_AUTH, "Content-Type": "text/xml"})
+    assert result(response)["purl"] == "" and result(response)["public"] is False
+
+
+def test_register_service_overwrites_by_default_and_refuses_when_told(testapp, store, arranged):
+    replaced = result(rpc(testapp, "register_service", "http://other.example.org/wps", {"name": "emu"}))
+    assert store.fetch_by_name("emu").url == replaced["url"] == "http://other.example.org/wps"
+    refused = fault(rpc(testapp, "register_service", WPS_URL, {"name": "emu"}, False))
+    assert refused.faultCode == rpcinterface.FAULT_SERVICE_EXISTS
+    assert "emu" in refused.faultString and "registered already" in refused.faultString
+    assert store.fetch_by_name("emu").url == "http://other.example.org/wps"
+
+
+def test_unregister_service(testapp, store, arranged):
+    assert result(rpc(testapp, "unregister_service", "emu")) is True
+    assert store.fetch_by_name("emu") is None
+    assert result(rpc(testapp, "unregister_service", "emu")) is False
+
+
+def test_get_service_by_name_and_url_give_the_struct_or_empty(testapp, arranged):
+    expected = Service(name="emu", url=WPS_URL).as_struct()
+    assert result(rpc(testapp, "get_service_by_name", "emu")) == expected
+    assert result(rpc(testapp, "get_service_by_url", WPS_URL)) == expected
+    assert result(rpc(testapp, "get_service_by_name", "nobody")) == {}
+    assert result(rpc(testapp, "get_service_by_url", "http://nowhere.example.org/wps")) == {}
+
+
+def test_list_services_is_sorted_by_name(testapp):
+    for name in ("zeta", "alpha", "mid"):
+        rpc(testapp, "register_service", f"http://{name}.example.org/wps", {"name": name})
+    assert [s["name"] for s in result(rpc(testapp, "list_services"))] == ["alpha", "mid", "zeta"]
+
+
+def test_clear_services_removes_all(testapp, store, arranged):
+    assert result(rpc(testapp, "clear_services")) is True
+    assert store.list_services() == [] and result(rpc(testapp, "list_services")) == []
+
+
+# -- bad arguments -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "params", "words"), BAD_CALLS)
+def test_bad_argument_gives_a_clear_fault_and_changes_nothing(testapp, store, method, params, words):
+    before = snapshot(store)
+    response = rpc(testapp, method, *params)
+    assert response.status_int == 200 and response.content_type == "text/xml"
+    refused = fault(response)
+    assert refused.faultCode == rpcinterface.FAULT_INVALID_ARGUMENT
+    assert words in refused.faultString and refused.faultString.startswith(method)
+    assert snapshot(store) == before
+
+
+def test_wrong_number_of_arguments_names_the_problem(testapp):
+    refused = fault(rpc(testapp, "list_services", "extra"))
+    assert refused.faultCode == rpcinterface.FAULT_INVALID_PARAMS
+    assert "too many" in refused.faultString
+    missing = fault(rpc(testapp, "register_service"))
+    assert missing.faultCode == rpcinterface.FAULT_INVALID_PARAMS and "url" in missing.faultString
+
+
+def test_arguments_never_come_from_the_query_string(testapp, store):
+    body = xmlrpc.client.dumps((WPS_URL, {"name": "emu"}), "register_service")
+    headers = {"Authorization": ADMIN_AUTH, "Content-Type": "text/xml"}
+    testapp.post("/RPC2", body, headers=headers)
+    response = testapp.post("/RPC2?overwrite=0", body.replace("emu", "emu"), headers=headers)
+    assert result(response)["name"] == "emu"  # overwrite stayed True: the query string was ignored
+
+
+def test_unknown_method_is_a_fault_for_an_admin(testapp):
+    assert fault(rpc(testapp, "drop_database")).faultCode == rpcinterface.FAULT_METHOD_NOT_FOUND
+
+
+def test_body_that_is_not_xml_rpc_is_a_parse_fault_for_an_admin(testapp):
+    response = testapp.post("/RPC2", "<nope", headers={"Authorization": ADMIN_AUTH, "Content-Type": "text/xml"})
+    assert fault(response).faultCode == -32700
+
+
+def test_store_down_is_its_own_fault(testapp, monkeypatch):
+    def down(*args, **kwargs):
+        raise StoreUnavailable("database is locked")
+
+    monkeypatch.setattr(testapp.app.registry.store, "list_services", down)
+    refused = fault(rpc(testapp, "list_services"))
+    assert refused.faultCode == rpcinterface.FAULT_STORE_UNAVAILABLE
+    assert "not available" in refused.faultString and "locked" not in refused.faultString
+
+
+def test_unexpected_error_is_a_generic_fault_logged_with_traceback(testapp, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals /etc/twitcher")
+
+    monkeypatch.setattr(testapp.app.registry.store, "clear_services", broken)
+    with caplog.at_level(logging.ERROR, logger="twitcher.rpcinterface"):
+        response = rpc(testapp, "clear_services")
+    refused = fault(response)
+    assert refused.faultCode == rpcinterface.FAULT_INTERNAL_ERROR
+    assert b"secret internals" not in response.body and b"Traceback" not in response.body
+    assert any(r.exc_info and "secret internals" in str(r.exc_info[1]) for r in caplog.records)
+
+
+# -- authentication ------------------------------------------------------------------------
+
+WRONG_CREDENTIALS = {
+    "anonymous": None,
+    "wrong user": "Basic " + base64.b64encode(f"root:{ADMIN_PASSWORD}".encode()).decode(),
+    "wrong password": "Basic " + base64.b64encode(f"{ADMIN_USER}:guess".encode()).decode(),
+    "empty password": "Basic " + base64.b64encode(f"{ADMIN_USER}:".encode()).decode(),
+    "bearer instead of basic": "Bearer " + ADMIN_PASSWORD,
+    "garbage": "Basic !!!not-base64",
+}
+
+
+@pytest.mark.parametrize("who", sorted(WRONG_CREDENTIALS))
+@pytest.mark.parametrize(("method", "params"), CALLS, ids=[c[0] for c in CALLS])
+def test_calls_without_admin_credentials_get_401_and_change_nothing(testapp, store, arranged, who, method, params):
+    before = snapshot(store)
+    response = rpc(testapp, method, *params, auth=WRONG_CREDENTIALS[who], status=401)
+    assert response.headers["WWW-Authenticate"].startswith('Basic realm="twitcher"')
+    assert b"methodResponse" not in response.body
+    assert snapshot(store) == before
+
+
+def test_strangers_get_401_even_for_unknown_methods_and_garbage(testapp):
+    assert rpc(testapp, "drop_database", auth=None, status=401)
+    assert testapp.post("/RPC2", "<nope", status=401).headers["WWW-Authenticate"].startswith("Basic")
+    assert testapp.get("/RPC2", status=401)
+
+
+def test_failed_login_is_logged_with_user_name_but_never_the_password(testapp, caplog):
+    wrong = "Basic " + base64.b64encode(b"mallory:hunter2-secret").decode()
+    with caplog.at_level(logging.DEBUG):
+        rpc(testapp, "list_services", auth=wrong, status=401)
+        rpc(testapp, "list_services")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "mallory" in text and "authentication failed" in text
+    assert "hunter2" not in text and ADMIN_PASSWORD not in text
+
+
+def test_generated_token_is_never_logged(testapp, caplog):
+    with caplog.at_level(logging.DEBUG):
+        token = result(rpc(testapp, "generate_token"))["access_token"]
+        rpc(testapp, "revoke_token", token)
+    assert token not in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_rpc_interface_can_be_switched_off(make_app):
+    app = make_app(rpcinterface="false")
+    app.post("/RPC2", xmlrpc.client.dumps((), "list_services"), headers={"Authorization": ADMIN_AUTH},
+             status=404)
+
+
+# -- a real XML-RPC client against a live server --------------------------------------------
+
+
+def proxy_for(base_url, user=ADMIN_USER, password=ADMIN_PASSWORD):
+    parts = urlsplit(base_url)
+    netloc = f"{user}:{password}@{parts.netloc}" if user is not None else parts.netloc
+    return xmlrpc.client.ServerProxy(urlunsplit((parts.scheme, netloc, "/RPC2", "", "")))
+
+
+def test_server_proxy_drives_every_method(live_twitcher, store):
+    server = proxy_for(live_twitcher)
+    issued = server.generate_token(1, {"USER_ID": "bob"})
+    assert store.fetch_token(token_digest(issued["access_token"])).environ == {"USER_ID": "bob"}
+    assert server.revoke_token(issued["access_token"]) is True
+    assert server.revoke_all_tokens() is True
+    registered = server.register_service(WPS_URL, {"name": "emu", "public": True})
+    assert registered["public"] is True and store.fetch_by_name("emu").public
+    assert server.get_service_by_name("emu") == registered
+    assert server.get_service_by_url(WPS_URL) == registered
+    assert server.get_service_by_name("nobody") == {}
+    assert server.list_services() == [registered]
+    assert server.unregister_service("emu") is True
+    server.register_service(WPS_URL, {"name": "emu"})
+    assert server.clear_services() is True
+    assert store.list_services() == []
+
+
+@pytest.mark.parametrize(("method", "params", "words"), BAD_CALLS)
+def test_server_proxy_gets_fault_for_bad_arguments(live_twitcher, store, method, params, words):
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        getattr(proxy_for(live_twitcher), method)(*params)
+    assert caught.value.faultCode == rpcinterface.FAULT_INVALID_ARGUMENT and words in caught.value.faultString
+    assert store.list_services() == []
+
+
+def test_server_proxy_gets_fault_for_duplicate_without_overwrite(live_twitcher):
+    server = proxy_for(live_twitcher)
+    server.register_service(WPS_URL, {"name": "emu"})
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        server.register_service("http://other.example.org/wps", {"name": "emu"}, False)
+    assert caught.value.faultCode == rpcinterface.FAULT_SERVICE_EXISTS
+
+
+@pytest.mark.parametrize(("user", "password"), [(None, None), ("root", ADMIN_PASSWORD), (ADMIN_USER, "guess")],
+                         ids=["anonymous", "wrong-user", "wrong-password"])
+@pytest.mark.parametrize(("method", "params"), CALLS, ids=[c[0] for c in CALLS])
+def test_server_proxy_without_credentials_gets_401(live_twitcher, store, arranged, user, password, method, params):
+    before = snapshot(store)
+    with pytest.raises(xmlrpc.client.ProtocolError) as caught:
+        getattr(proxy_for(live_twitcher, user, password), method)(*params)
+    assert caught.value.errcode == 401
+    headers = {k.lower(): v for k, v in caught.value.headers.items()}
+    assert headers["www-authenticate"].startswith('Basic realm="twitcher"')
+    assert snapshot(store) == before
