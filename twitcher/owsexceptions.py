@@ -48,11 +48,14 @@ def ows_exception_response(exc: OWSException) -> Response:
     return response
 
 
+def path_is_under(path: str, prefix: str) -> bool:
+    """True when ``path`` is ``prefix`` or below it by whole segment (``/owsfoo`` is not under ``/ows``)."""
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def is_ows_request(request) -> bool:
     """True for paths under the protected prefix, matched by whole path segment."""
-    prefix = request.registry.twitcher.protected_path
-    path = request.path_info
-    return path == prefix or path.startswith(prefix + "/")
+    return path_is_under(request.path_info, request.registry.twitcher.protected_path)
 
 
 def _http_error_as_ows(exc: HTTPException) -> OWSException:

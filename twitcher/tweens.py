@@ -1,5 +1,273 @@
-"""Placeholder while this concern is being built (see the open issue)."""
+"""The OWS security tween: under the protected path, only public requests or valid tokens pass.
+
+One pass per request: find the target, parse the OWS request (errors are 400 whatever the
+token), decide whether a token is needed, extract and check it against the store, clean the
+WSGI environ, then call the handler. Every refusal is an exception rendered by
+:mod:`twitcher.owsexceptions`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import List, Optional
+
+from pyramid.tweens import EXCVIEW
+
+from .exceptions import (
+    AccessDenied,
+    InvalidArgument,
+    InvalidParameterValue,
+    MalformedRequest,
+    OperationNotSupported,
+    OWSException,
+    RequestTooLarge,
+    UnknownService,
+)
+from .owsexceptions import path_is_under
+from .owsrequest import (
+    OWSRequest,
+    check_query_agrees,
+    decisive_values,
+    parse_kvp,
+    parse_xml,
+    request_for_service,
+)
+from .services import check_name
+from .settings import TwitcherSettings
+from .tokens import check_token, fingerprint, strip_token_params, token_digest, token_params, validate_environ
+
+log = logging.getLogger(__name__)
+
+PROXY = "proxy"
+WPS = "wps"
+OTHER = "other"
+_READ_CHUNK = 64 * 1024
+_ALLOWED_METHODS = ("GET", "HEAD", "POST")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a protected path points at: the proxy (with a service name), the internal WPS, or nothing known.
+
+    ``extra`` is true when the path goes below the service root (status documents, outputs):
+    such requests are never judged public by their request name.
+    """
+
+    kind: str
+    service_name: Optional[str] = None
+    extra: bool = False
+
+
+def resolve_target(path: str, prefix: str) -> Optional[Target]:
+    """The target of ``path`` under ``prefix``, or None when the path is not protected.
+
+    Mirrors the routes ``<prefix>/proxy/{service_name}[/{extra_path}]`` and ``<prefix>/wps[/...]``;
+    a path that matches neither is ``OTHER`` (it still needs a token: fail closed).
+    """
+    if not path_is_under(path, prefix):
+        return None
+    rest = path[len(prefix) + 1:]
+    head, slash, tail = rest.partition("/")
+    if head == PROXY and slash:
+        name, extra_slash, _ = tail.partition("/")
+        if name:
+            return Target(PROXY, service_name=name, extra=bool(extra_slash))
+        return Target(OTHER)
+    if head == WPS:
+        return Target(WPS, extra=bool(slash))
+    return Target(OTHER)
+
+
+def _bearer(authorization: str) -> Optional[str]:
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip() or None
+
+
+def extract_token(request) -> Optional[str]:
+    """The access token of ``request``, from the sources of DESIGN.md §2 in order, or None.
+
+    Sources: query parameters ``access_token`` and ``token`` (any letter case), header
+    ``Access-Token``, header ``Authorization: Bearer``. The same token given in several places
+    is fine; different tokens are refused with :class:`InvalidParameterValue` (400): the request
+    is ambiguous, and no credential the client could add would make it acceptable.
+    """
+    return _token_of(request.environ, token_params(request.environ.get("QUERY_STRING", "")))
+
+
+def _token_of(environ: dict, query_tokens: List[str]) -> Optional[str]:
+    found = [value for value in query_tokens if value]
+    header = environ.get("HTTP_ACCESS_TOKEN", "").strip()
+    if header:
+        found.append(header)
+    bearer = _bearer(environ.get("HTTP_AUTHORIZATION", ""))
+    if bearer:
+        found.append(bearer)
+    if not found:
+        return None
+    if any(value != found[0] for value in found[1:]):
+        raise InvalidParameterValue("The request carries several different access tokens.", locator="access_token")
+    return found[0]
+
+
+def strip_credentials(environ: dict, trust_cert_header: bool, query_has_tokens: bool = True) -> None:
+    """Remove token parameters and headers (and untrusted certificate headers) from ``environ``.
+
+    Done for every protected request, public ones included: the proxy strips them as well,
+    but nothing downstream should ever have to. ``query_has_tokens=False`` (the caller has
+    just looked) skips a second pass over the query string.
+    """
+    query_string = environ.get("QUERY_STRING", "")
+    if query_string and query_has_tokens:
+        environ["QUERY_STRING"] = strip_token_params(query_string)
+    environ.pop("HTTP_ACCESS_TOKEN", None)
+    if _bearer(environ.get("HTTP_AUTHORIZATION", "")) is not None:
+        del environ["HTTP_AUTHORIZATION"]
+    if not trust_cert_header:
+        for key in [k for k in environ if k.startswith("HTTP_X_SSL_")]:
+            del environ[key]
+
+
+def _declared_length(environ: dict, limit: int) -> Optional[int]:
+    """``Content-Length`` as a number, refusing an oversized body before a byte is read."""
+    text = environ.get("CONTENT_LENGTH")
+    if not text:
+        return None
+    try:
+        length = int(text)
+    except ValueError:
+        raise MalformedRequest("The Content-Length header is not a number.") from None
+    if length < 0:
+        raise MalformedRequest("The Content-Length header is negative.")
+    if length > limit:
+        raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
+    return length
+
+
+def read_body(request, limit: int) -> bytes:
+    """Read the body, at most ``limit`` bytes (chunked bodies too), and keep it for the handler."""
+    environ = request.environ
+    length = _declared_length(environ, limit)
+    if length is None:
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked and not environ.get("wsgi.input_terminated"):
+            raise MalformedRequest("A chunked request body needs a server that terminates wsgi.input; "
+                                   "send Content-Length.", status=411)
+        length = limit + 1 if chunked else 0
+    stream = environ["wsgi.input"]
+    chunks = []
+    remaining = length
+    while remaining > 0:
+        chunk = stream.read(min(remaining, _READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    body = b"".join(chunks)
+    if len(body) > limit:
+        raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
+    # webob keeps it seekable and sets Content-Length; the dechunked body is no longer chunked.
+    request.body = body
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    return body
+
+
+class OWSSecurity:
+    """The access decision for one protected request; built once per application."""
+
+    def __init__(self, settings: TwitcherSettings):
+        self.prefix = settings.protected_path
+        self.public_requests = settings.public_requests
+        self.max_body = settings.max_request_body
+        self.trust_cert_header = settings.trust_forwarded_cert_header
+
+    def parse(self, request, target: Target) -> Optional[OWSRequest]:
+        """The OWS request at a service root (None below it), refusing what must not be judged."""
+        environ = request.environ
+        method = environ["REQUEST_METHOD"]
+        if method not in _ALLOWED_METHODS:
+            raise OperationNotSupported(f"The HTTP method {method} is not supported here.", locator="method",
+                                        status=405)
+        query_string = environ.get("QUERY_STRING", "")
+        if target.extra or target.kind == OTHER:
+            decisive_values(query_string)  # duplicates are refused everywhere
+            if method == "POST":
+                _declared_length(environ, self.max_body)
+            return None
+        if method == "POST":
+            ows = parse_xml(read_body(request, self.max_body))
+            check_query_agrees(ows, query_string)
+            return ows
+        return parse_kvp(query_string)
+
+    def check(self, request, target: Target) -> None:
+        """Raise unless ``request`` may reach its handler; clean its environ when it may."""
+        ows = self.parse(request, target)
+        environ = request.environ
+        query_tokens = token_params(environ.get("QUERY_STRING", ""))
+        token = _token_of(environ, query_tokens)
+
+        service = None
+        if target.kind == PROXY:
+            service = request.store.fetch_by_name(target.service_name) if _valid_name(target.service_name) else None
+            if service is None:
+                raise UnknownService(target.service_name)
+        service_type = service.type if service is not None else "wps"
+        if ows is not None and target.kind != OTHER:
+            name = request_for_service(ows, service_type)
+            public = (service_type, name) in self.public_requests
+        else:
+            public = False
+        if service is not None and service.public:
+            public = True
+
+        cert_ok = (service is not None and service.auth == "cert" and self.trust_cert_header
+                   and environ.get("HTTP_X_SSL_CLIENT_VERIFY") == "SUCCESS")
+        strip_credentials(environ, self.trust_cert_header, bool(query_tokens))
+        if public or cert_ok:
+            return
+        if token is None:
+            raise AccessDenied("An access token is required for this request.")
+        record = check_token(request.store.fetch_token(token_digest(token)))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("token %s accepted for %s", fingerprint(token), request.path_info)
+        if target.kind == WPS and record.environ:
+            try:
+                environ.update(validate_environ(record.environ))
+            except InvalidArgument:
+                log.error("token %s carries environ data that is not allowed; refused", fingerprint(token))
+                raise OWSException("The access token carries data that cannot be used.", status=500) from None
+
+
+def _valid_name(name: Optional[str]) -> bool:
+    try:
+        check_name(name)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def ows_security_tween_factory(handler, registry):
+    """Guard every request under ``twitcher.protected_path``; pass everything else untouched."""
+    security = OWSSecurity(registry.twitcher)
+    prefix = security.prefix
+
+    def ows_security_tween(request):
+        target = resolve_target(request.path_info, prefix)
+        if target is not None:
+            try:
+                security.check(request, target)
+            except AccessDenied as exc:
+                log.info("refused %s %s: %s", request.method, request.path_info, exc.text)
+                raise
+        return handler(request)
+
+    return ows_security_tween
 
 
 def includeme(config) -> None:
-    return None
+    # Under EXCVIEW: the exception-view tween wraps this one, so every OWSException and
+    # StoreUnavailable raised here is rendered by the one place that renders errors,
+    # twitcher.owsexceptions (ExceptionReport with the right status, 503 for the store).
+    config.add_tween("twitcher.tweens.ows_security_tween_factory", under=EXCVIEW)
