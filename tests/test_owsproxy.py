@@ -1,0 +1,376 @@
+"""The OWS proxy (twitcher/owsproxy.py): target URLs, headers, bodies, and the view on a real backend."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import posixpath
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from lxml import etree
+from pyramid.request import Request
+
+from tests.servers import serve_wsgi
+from twitcher.exceptions import InvalidParameterValue, RequestTooLarge
+from twitcher.owsproxy import (
+    BoundedBody,
+    SessionPool,
+    forward_request_headers,
+    forward_response_headers,
+    request_body,
+    send,
+    target_url,
+)
+from twitcher.services import service_from_registration
+
+OWS = "{http://www.opengis.net/ows/1.1}"
+
+
+# --- where a request goes -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("service_url", "query", "extra", "expected"), [
+    ("http://h:5000/wps", "", None, "http://h:5000/wps"),
+    ("http://h:5000/wps", "a=1", "", "http://h:5000/?a=1"),
+    ("http://h:5000/wps", "service=WPS&request=GetCapabilities", None,
+     "http://h:5000/wps?service=WPS&request=GetCapabilities"),
+    ("http://h/ms?map=/m.map", "request=GetMap&access_token=t", None, "http://h/ms?map=/m.map&request=GetMap"),
+    ("http://h/wps", "DataInputs=a=1;b=2&Token=t&x=%20%3B+", None, "http://h/wps?DataInputs=a=1;b=2&x=%20%3B+"),
+    ("http://h:5000/wps", "", "outputs/x.nc", "http://h:5000/outputs/x.nc"),
+    ("http://h/api/", "", "jobs/1", "http://h/api/jobs/1"),
+    ("http://h/a/b/wps?map=m", "access_token=t&dl=1", "out/f.nc", "http://h/a/b/out/f.nc?dl=1"),
+    ("http://h/wps", "", "outputs/a b%é.nc", "http://h/outputs/a%20b%25%C3%A9.nc"),
+    ("http://h", "", "x", "http://h/x"),
+])
+def test_target_is_the_registered_url_with_the_client_query_and_extra_path(service_url, query, extra, expected):
+    assert target_url(service_url, query, extra) == expected
+
+
+@pytest.mark.parametrize("extra", [
+    "..", "../secret", "outputs/../../secret", "outputs/..", "./x", "%2e%2e/secret", "%252e%252e/secret",
+    "a/%2E%2e", "/etc/passwd", "//evil.example/x", "a//b", "http://evil.example/", "javascript:alert(1)",
+    "a\\..\\b", "a%5c..", "x\r\nHost: evil", "a%2f..%2fb",
+])
+def test_extra_paths_that_could_leave_the_service_directory_are_refused(extra):
+    with pytest.raises(InvalidParameterValue) as refused:
+        target_url("http://h:5000/svc/wps", "", extra)
+    assert refused.value.locator == "extra_path"
+
+
+@given(st.text(alphabet=st.sampled_from("./\\%2eEfF5c:@a?#; "), max_size=12))
+def test_no_extra_path_reaches_outside_the_service_directory(extra):
+    try:
+        url = target_url("http://h:5000/svc/wps", "", extra)
+    except InvalidParameterValue:
+        return
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc) == ("http", "h:5000")
+    path = unquote(unquote(parts.path))
+    assert posixpath.normpath(path).startswith("/svc") and ".." not in path.split("/")
+
+
+# --- headers --------------------------------------------------------------------------------------
+
+def test_credentials_hop_by_hop_and_ssl_headers_are_not_forwarded():
+    headers = forward_request_headers([
+        ("Host", "twitcher.example"), ("Cookie", "session=1"), ("Authorization", "Bearer t"),
+        ("Access-Token", "t"), ("X-Ssl-Client-Verify", "SUCCESS"), ("X-SSL-Client-DN", "CN=x"),
+        ("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("Keep-Alive", "300"), ("TE", "trailers"),
+        ("Content-Length", "12"), ("Accept", "text/xml"), ("User-Agent", "OWSLib"), ("X-Custom", "kept"),
+    ], client_addr="10.0.0.7", scheme="https", host="twitcher.example")
+    assert headers == [
+        ("Accept", "text/xml"), ("User-Agent", "OWSLib"), ("X-Custom", "kept"), ("Accept-Encoding", "identity"),
+        ("X-Forwarded-For", "10.0.0.7"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "twitcher.example"),
+    ]
+
+
+def test_forwarded_for_extends_the_chain_and_accept_encoding_of_the_client_is_kept():
+    headers = dict(forward_request_headers(
+        [("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-Host", "spoofed"), ("Accept-Encoding", "gzip")],
+        client_addr="10.0.0.7", scheme="http", host="tw"))
+    assert headers == {"X-Forwarded-For": "1.2.3.4, 10.0.0.7", "Accept-Encoding": "gzip",
+                       "X-Forwarded-Proto": "http", "X-Forwarded-Host": "tw"}
+
+
+def test_response_headers_lose_hop_by_hop_and_keep_repeated_end_to_end_headers():
+    headers = forward_response_headers([
+        ("Content-Type", "text/plain"), ("Content-Length", "5"), ("Transfer-Encoding", "chunked"),
+        ("Connection", "close, X-Internal"), ("X-Internal", "secret"), ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"), ("Location", "http://h:5000/outputs/x.nc"), ("Content-Location", "http://o/x"),
+    ], "http://h:5000/wps", "https://tw/ows/proxy/emu")
+    assert headers == [("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"),
+                       ("Location", "https://tw/ows/proxy/emu/outputs/x.nc"), ("Content-Location", "http://o/x")]
+
+
+# --- request bodies -------------------------------------------------------------------------------
+
+def test_bounded_body_streams_in_chunks_and_refuses_past_the_limit():
+    payload = os.urandom(200_000)
+    assert b"".join(BoundedBody(io.BytesIO(payload), limit=200_000)) == payload
+    body = BoundedBody(io.BytesIO(payload), limit=100_000)
+    with pytest.raises(RequestTooLarge):
+        b"".join(body)
+    assert body.exceeded
+
+
+@pytest.mark.parametrize("tween_read_it", [False, True])
+def test_request_body_is_whole_whether_or_not_the_tween_read_it(tween_read_it):
+    payload = os.urandom(150_000)
+    request = Request.blank("/ows/proxy/x", method="POST", body=payload)
+    if tween_read_it:
+        assert request.body == payload
+    body = request_body(request, limit=1 << 20)
+    assert len(body) == len(payload)
+    assert b"".join(body) == payload
+
+
+def test_a_body_of_unknown_length_growing_past_the_limit_is_refused_while_sending(backend):
+    body = BoundedBody(io.BytesIO(os.urandom(300_000)), limit=100_000)
+    with pytest.raises(RequestTooLarge):
+        send(SessionPool().get(), "POST", backend[1] + "/wps", [], body, True, (2.0, 5.0))
+
+
+def test_request_body_announced_over_the_limit_is_refused_before_reading():
+    request = Request.blank("/ows/proxy/x", method="POST", body=b"x" * 2000)
+    with pytest.raises(RequestTooLarge):
+        request_body(request, limit=1000)
+
+
+# --- the connection pool --------------------------------------------------------------------------
+
+def test_one_session_per_process_and_a_new_one_after_fork():
+    pool = SessionPool()
+    session = pool.get()
+    assert pool.get() is session
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only when it got its own session
+        os._exit(0 if pool.get() is not session else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    pool.close()
+    assert pool.get() is not session
+
+
+# --- the view, on a real backend ------------------------------------------------------------------
+
+class Backend:
+    """A small real backend: answers by path and records what it received."""
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def __call__(self, environ, start_response):
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        self.seen.append({"method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"],
+                          "query": environ["QUERY_STRING"], "body": body,
+                          "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")}})
+        host = environ["HTTP_HOST"]
+        path = environ["PATH_INFO"]
+        links = f'<r xmlns:xlink="http://www.w3.org/1999/xlink">' \
+                f'<op xlink:href="http://{host}{path}?service=WPS&amp;a=1"/>' \
+                f'<out href="http://{host}/outputs/f.nc"/><ext href="http://elsewhere.example/wps"/>'
+        if path == "/big-xml":
+            document = (links + "<pad>" + "x" * 5000 + "</pad></r>").encode()
+            if "chunked" in environ["QUERY_STRING"]:
+                start_response("200 OK", [("Content-Type", "text/xml")])
+                return iter([document[:1000], document[1000:]])
+            return self._answer(start_response, "200 OK", "text/xml", document)
+        links += "</r>"
+        if path == "/xml":
+            content_type = environ["QUERY_STRING"].partition("ct=")[2].replace("%2B", "+") or "text/xml"
+            return self._answer(start_response, "200 OK", content_type, links.encode())
+        if path == "/gzip":
+            return self._answer(start_response, "200 OK", "application/xml", gzip.compress(links.encode()),
+                                [("Content-Encoding", "gzip")])
+        if path == "/redirect":
+            return self._answer(start_response, "302 Found", "text/plain", b"",
+                                [("Location", f"http://{host}/outputs/f.nc")])
+        if path == "/teapot":
+            return self._answer(start_response, "418 I'm a teapot", "text/plain", b"short and stout",
+                                [("X-Custom", "yes"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+        report = json.dumps({"path": path, "query": environ["QUERY_STRING"], "length": len(body),
+                             "sha256": hashlib.sha256(body).hexdigest()}).encode()
+        return self._answer(start_response, "200 OK", "application/json", report)
+
+    @staticmethod
+    def _answer(start_response, status, content_type, body, extra=()):
+        start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra])
+        return [body]
+
+
+@pytest.fixture
+def backend():
+    app = Backend()
+    with serve_wsgi(app) as base_url:
+        app.seen.clear()  # forget the start-up probe
+        yield app, base_url
+
+
+@pytest.fixture
+def proxy(make_app, store, backend):
+    """Twitcher without the security tween, so that these tests see the proxy alone."""
+    def build(service_path="/wps", data=None, **settings):
+        store.save_service(service_from_registration(backend[1] + service_path, {"name": "svc", **(data or {})}))
+        return make_app(ows_security="false", **settings)
+
+    return build
+
+
+def _report(answer):
+    assert answer.content_type == "text/xml"
+    return etree.fromstring(answer.body).find(f"{OWS}Exception")
+
+
+def test_query_string_reaches_the_backend_byte_for_byte_without_tokens(proxy, backend):
+    app = proxy("/wps?map=/m.map")
+    answer = app.get("/ows/proxy/svc?DataInputs=a=1;b=%3B2&access_token=secret&TOKEN=secret&x=%20+")
+    assert answer.json["query"] == "map=/m.map&DataInputs=a=1;b=%3B2&x=%20+"
+
+
+def test_post_body_is_streamed_to_the_backend_unchanged(proxy, backend):
+    payload = os.urandom(3 << 20)
+    answer = proxy(max_request_body=str(4 << 20)).post("/ows/proxy/svc", payload,
+                                                      content_type="application/octet-stream")
+    assert answer.json["length"] == len(payload)
+    assert answer.json["sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+def test_post_body_over_the_limit_is_413_and_never_reaches_the_backend(proxy, backend):
+    answer = proxy(max_request_body="1000").post("/ows/proxy/svc", b"x" * 1001, status=413)
+    assert _report(answer).get("exceptionCode") == "NoApplicableCode"
+    assert backend[0].seen == []
+
+
+def test_client_credentials_are_not_forwarded_and_forwarding_headers_are_set(proxy, backend):
+    proxy().get("/ows/proxy/svc", headers={"Cookie": "s=1", "Authorization": "Bearer t", "Access-Token": "t",
+                                           "X-Ssl-Client-Verify": "SUCCESS", "X-Custom": "kept"},
+                extra_environ={"REMOTE_ADDR": "10.1.2.3"})
+    seen = backend[0].seen[0]["headers"]
+    assert not {"HTTP_COOKIE", "HTTP_AUTHORIZATION", "HTTP_ACCESS_TOKEN", "HTTP_X_SSL_CLIENT_VERIFY"} & set(seen)
+    assert seen["HTTP_X_CUSTOM"] == "kept"
+    assert seen["HTTP_HOST"] == urlsplit(backend[1]).netloc
+
+
+def test_extra_path_resolves_beside_the_registered_endpoint(proxy, backend):
+    answer = proxy().get("/ows/proxy/svc/outputs/job%201/f.nc?dl=1")
+    assert (answer.json["path"], answer.json["query"]) == ("/outputs/job 1/f.nc", "dl=1")
+
+
+@pytest.mark.parametrize("path", [
+    "/ows/proxy/svc/%2e%2e/secret", "/ows/proxy/svc/outputs/../../secret", "/ows/proxy/svc/..%252fsecret",
+    "/ows/proxy/svc//elsewhere.example/x", "/ows/proxy/svc/a%5c..%5csecret",
+])
+def test_extra_path_leaving_the_service_directory_is_400(proxy, backend, path):
+    answer = proxy().get(path, status=400)
+    assert _report(answer).get("locator") == "extra_path"
+    assert backend[0].seen == []
+
+
+@pytest.mark.parametrize("method", ["put", "delete", "patch", "options"])
+def test_methods_other_than_get_and_post_are_405(proxy, method):
+    answer = getattr(proxy(), method)("/ows/proxy/svc", status=405)
+    assert _report(answer).get("exceptionCode") == "OperationNotSupported"
+
+
+def test_unknown_service_is_404(proxy):
+    answer = proxy().get("/ows/proxy/nothing?service=WPS&request=GetCapabilities", status=404)
+    assert (_report(answer).get("exceptionCode"), _report(answer).get("locator")) == \
+        ("InvalidParameterValue", "service_name")
+
+
+@pytest.mark.parametrize("content_type", ["text/xml", "application/xml; charset=utf-8", "application/wps+xml"])
+def test_backend_links_in_xml_point_at_twitcher(proxy, content_type):
+    answer = proxy("/xml").get(f"/ows/proxy/svc?ct={content_type.replace('+', '%2B')}")
+    root = etree.fromstring(answer.body)
+    assert root.find("op").get("{http://www.w3.org/1999/xlink}href") == \
+        "http://localhost/ows/proxy/svc?service=WPS&a=1"
+    assert root.find("out").get("href") == "http://localhost/ows/proxy/svc/outputs/f.nc"
+    assert root.find("ext").get("href") == "http://elsewhere.example/wps"
+    assert answer.headers["Content-Length"] == str(len(answer.body))
+
+
+def test_purl_decides_the_public_base_of_rewritten_links(proxy):
+    answer = proxy("/xml", data={"purl": "https://public.example/emu"}).get("/ows/proxy/svc")
+    assert etree.fromstring(answer.body).find("out").get("href") == "https://public.example/emu/outputs/f.nc"
+
+
+def test_compressed_xml_is_rewritten_and_sent_uncompressed(proxy):
+    answer = proxy("/gzip").get("/ows/proxy/svc", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in answer.headers
+    assert etree.fromstring(answer.body).find("out").get("href") == "http://localhost/ows/proxy/svc/outputs/f.nc"
+
+
+def test_json_is_not_rewritten(proxy, backend):
+    answer = proxy("/echo").get("/ows/proxy/svc?u=" + backend[1])
+    assert answer.json["query"] == "u=" + backend[1]
+
+
+@pytest.mark.parametrize("query", ["", "chunked"])
+def test_xml_over_the_rewrite_limit_streams_unchanged(proxy, backend, query):
+    answer = proxy("/big-xml", rewrite_max_bytes="2048").get(f"/ows/proxy/svc?{query}")
+    assert backend[1].encode() + b"/outputs/f.nc" in answer.body
+    assert answer.body.endswith(b"x" * 5000 + b"</pad></r>")
+
+
+def test_redirect_to_the_backend_leads_through_the_proxy(proxy):
+    answer = proxy("/redirect").get("/ows/proxy/svc", status=302)
+    assert answer.headers["Location"] == "http://localhost/ows/proxy/svc/outputs/f.nc"
+
+
+def test_backend_status_and_end_to_end_headers_pass_through(proxy):
+    answer = proxy("/teapot").get("/ows/proxy/svc", status=418)
+    assert answer.body == b"short and stout"
+    assert answer.headers["X-Custom"] == "yes"
+    assert answer.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+
+
+@pytest.fixture
+def tls_backend(tmp_path):
+    """A real HTTPS server on 127.0.0.1 with a self-signed certificate; yields (base URL, cert path)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the name http.server asks for)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", str(cert)
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize(("verify", "status"), [(True, 502), ("ca", 200), (False, 200)])
+def test_tls_verification_is_per_service(make_app, store, tls_backend, verify, status):
+    base_url, cert = tls_backend
+    store.save_service(service_from_registration(
+        base_url + "/wps", {"name": "tls", "verify": cert if verify == "ca" else verify}))
+    answer = make_app(ows_security="false").get("/ows/proxy/tls", status=status)
+    if status == 200:
+        assert answer.body == b"hello"
+    else:
+        assert _report(answer).get("exceptionCode") == "NoApplicableCode"
