@@ -30,11 +30,13 @@ test: install ## run the linter and the whole test suite
 lint: install ## check the code with ruff
 	$(BIN)/ruff check twitcher tests bench
 
+# -E: read every page afresh, so that no warning is hidden by an earlier build.
 docs: install ## build the Sphinx documentation, warnings as errors
-	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
-bench: install ## run the proxy benchmark on 127.0.0.1 (results in bench/results/)
-	$(BIN)/python bench/run.py
+bench: install ## run the proxy benchmark on 127.0.0.1, needs wrk (BENCH_ARGS="--profile 8" adds py-spy profiles)
+	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -qq wrk
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean: ## remove the virtualenv, build output and local databases
 	rm -rf $(VENV) build dist *.egg-info docs/_build var .pytest_cache .ruff_cache

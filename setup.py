@@ -25,8 +25,10 @@ extras = {
         "pywps>=4.5",
         "ruff>=0.5",
     ],
-    "docs": ["sphinx>=7"],
+    "docs": ["sphinx>=7.4"],  # 7.4: the confval directive of docs/configuration.rst
     "prod": ["gunicorn>=21"],
+    # Profiling the proxy under load: `make bench BENCH_ARGS="--profile 8"` (bench/run.py).
+    "bench": ["py-spy>=0.3"],
 }
 
 setup(

@@ -62,3 +62,18 @@ def live_twitcher(app_settings):
 
     with serve_wsgi(main({}, **app_settings)) as base_url:
         yield base_url
+
+
+@pytest.fixture
+def dead_mongodb_url() -> str:
+    """A ``mongodb://`` URL on a closed 127.0.0.1 port with a 300 ms server selection timeout.
+
+    Use it for fail-closed tests: a store built on it raises ``StoreUnavailable`` quickly.
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # The socket is closed (never listened on): connecting is refused at once.
+    return f"mongodb://127.0.0.1:{port}/twitcher?serverSelectionTimeoutMS=300&connectTimeoutMS=300"
