@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import time
 import xmlrpc.client
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import webtest
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
 from twitcher import rpcinterface
@@ -284,6 +286,37 @@ def test_strangers_get_401_even_for_unknown_methods_and_garbage(testapp):
     assert rpc(testapp, "drop_database", auth=None, status=401)
     assert testapp.post("/RPC2", "<nope", status=401).headers["WWW-Authenticate"].startswith("Basic")
     assert testapp.get("/RPC2", status=401)
+
+
+class WatchedBody(io.RawIOBase):
+    """A request body that remembers whether anything read it (errors could hide a raise)."""
+
+    touched = False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        self.touched = True
+        return 0
+
+
+def test_stranger_body_is_never_read(testapp):
+    body = WatchedBody()
+    request = webtest.TestRequest.blank("/RPC2", method="POST", content_type="text/xml")
+    request.environ["wsgi.input"] = body
+    request.environ["CONTENT_LENGTH"] = str(100 * 1024 * 1024)
+    response = testapp.do_request(request, status=401)
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert not body.touched
+
+
+def test_admin_body_over_the_limit_is_413_and_changes_nothing(make_app, store):
+    app = make_app(max_request_body=1024)
+    body = xmlrpc.client.dumps((WPS_URL, {"name": "big", "purl": "http://x.example.org/" + "a" * 2000}),
+                               methodname="register_service")
+    app.post("/RPC2", body, headers={"Authorization": ADMIN_AUTH, "Content-Type": "text/xml"}, status=413)
+    assert store.list_services() == []
 
 
 def test_failed_login_is_logged_with_user_name_but_never_the_password(testapp, caplog):

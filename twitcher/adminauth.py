@@ -20,14 +20,16 @@ import threading
 from typing import Optional, Tuple
 
 from pyramid.authentication import extract_http_basic_credentials
-from pyramid.httpexceptions import HTTPUnauthorized
+from pyramid.httpexceptions import HTTPLengthRequired, HTTPRequestEntityTooLarge, HTTPUnauthorized
 from pyramid.security import Allowed, Denied
+from pyramid.tweens import EXCVIEW
 
 from .exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 ADMIN_PERMISSION = "admin"
+ADMIN_PATH = "/RPC2"
 REALM = "twitcher"
 HASH_SCHEME = "pbkdf2_sha256"
 #: OWASP's 2023 figure for PBKDF2-HMAC-SHA256; a hash keeps its own count, so it can change later.
@@ -182,9 +184,36 @@ def challenge(request) -> HTTPUnauthorized:
     )
 
 
+def admin_gate_tween_factory(handler, registry):
+    """Check credentials and body size at ``/RPC2`` before anything reads the body.
+
+    pyramid_rpc parses the XML-RPC body in its route predicate, before any permission check;
+    this gate makes sure a stranger's request is answered 401 without its body being read, and
+    that nobody's body is larger than ``twitcher.max_request_body``. The permission on every
+    method stays as the second line of defence.
+    """
+    limit = registry.twitcher.max_request_body
+
+    def admin_gate_tween(request):
+        if request.path_info != ADMIN_PATH:
+            return handler(request)
+        if request.admin_identity is None:
+            return challenge(request)
+        if request.method == "POST":
+            if request.content_length is None:
+                return HTTPLengthRequired("The admin API needs a Content-Length header.")
+            if request.content_length > limit:
+                return HTTPRequestEntityTooLarge(f"The request body is larger than {limit} bytes.")
+        return handler(request)
+
+    return admin_gate_tween
+
+
 def includeme(config) -> None:
     """Install the admin security policy; a malformed password hash stops the start-up."""
     settings = config.registry.twitcher
     config.registry.admin_credentials = AdminCredentials(settings.username, settings.password or "")
     config.add_request_method(_admin_identity, "admin_identity", reify=True)
     config.set_security_policy(AdminSecurityPolicy())
+    # Over everything but the exception views: the gate answers itself and raises nothing.
+    config.add_tween("twitcher.adminauth.admin_gate_tween_factory", under=EXCVIEW)

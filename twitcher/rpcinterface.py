@@ -222,7 +222,7 @@ def unparsed_fault_view(exc: Fault, request):
 def includeme(config) -> None:
     config.include(".adminauth")
     config.include("pyramid_rpc.xmlrpc")
-    config.add_xmlrpc_endpoint(ENDPOINT, "/RPC2", default_mapper=PositionalMapper)
+    config.add_xmlrpc_endpoint(ENDPOINT, adminauth.ADMIN_PATH, default_mapper=PositionalMapper)
     for method in METHODS:
         config.add_xmlrpc_method(method, endpoint=ENDPOINT, method=method.__name__,
                                  permission=adminauth.ADMIN_PERMISSION, require_csrf=False)
