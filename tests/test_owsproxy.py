@@ -275,9 +275,23 @@ def test_extra_path_leaving_the_service_directory_is_400(proxy, backend, path):
 
 
 @pytest.mark.parametrize("method", ["put", "delete", "patch", "options"])
-def test_methods_other_than_get_and_post_are_405(proxy, method):
+def test_methods_other_than_get_head_and_post_are_405(proxy, method):
     answer = getattr(proxy(), method)("/ows/proxy/svc", status=405)
     assert _report(answer).get("exceptionCode") == "OperationNotSupported"
+
+
+def test_head_is_forwarded_as_head_with_the_backend_headers(proxy, backend):
+    answer = proxy("/teapot").head("/ows/proxy/svc", status=418)
+    assert backend[0].seen[-1]["method"] == "HEAD"
+    assert answer.headers["X-Custom"] == "yes"
+    assert answer.body == b""
+
+
+def test_head_of_an_xml_document_sends_no_length_that_rewriting_would_change(proxy, backend):
+    answer = proxy("/xml").head("/ows/proxy/svc")
+    assert backend[0].seen[-1]["method"] == "HEAD"
+    assert answer.content_type == "text/xml"
+    assert "Content-Length" not in answer.headers
 
 
 def test_unknown_service_is_404(proxy):

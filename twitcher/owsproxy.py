@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 #: Bytes read from the client or the backend at a time: large enough to be fast, small enough
 #: that a thousand parallel downloads stay within a few hundred MB.
 CHUNK_SIZE = 64 * 1024
-ALLOWED_METHODS = ("GET", "POST")
+ALLOWED_METHODS = ("GET", "HEAD", "POST")
 #: Connections kept per backend host; more parallel requests open extra, unpooled connections.
 POOL_MAXSIZE = 32
 
@@ -335,6 +335,13 @@ def proxy_response(upstream: requests.Response, service_url: str, proxy_url: str
     encoded = upstream.headers.get("Content-Encoding", "identity").lower() != "identity"
     status = f"{upstream.status_code} {upstream.reason or ''}".strip()
 
+    if upstream.request.method == "HEAD":
+        # No body to rewrite; a rewritten document's length is unknown until it is fetched.
+        upstream.close()
+        if length is not None and not is_xml_media_type(content_type):
+            headers.append(("Content-Length", str(length)))
+        return Response(status=status, headerlist=headers, app_iter=[])
+
     if not is_xml_media_type(content_type) or (length is not None and length > rewrite_max_bytes):
         if length is not None:
             headers.append(("Content-Length", str(length)))
@@ -374,7 +381,7 @@ def public_proxy_url(service: Service, settings: TwitcherSettings) -> str:
 def owsproxy_view(request: Request) -> Response:
     """Forward the request to the registered service; the security tween has let it pass."""
     if request.method not in ALLOWED_METHODS:
-        raise OperationNotSupported(f"The HTTP method {request.method} is not supported; use GET or POST.",
+        raise OperationNotSupported(f"The HTTP method {request.method} is not supported; use GET, HEAD or POST.",
                                     locator=request.method, status=405)
     name = request.matchdict["service_name"]
     service = request.store.fetch_by_name(name)

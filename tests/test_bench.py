@@ -1,0 +1,158 @@
+"""Smoke tests of the benchmark's fake backend and report, so that ``make bench`` cannot rot silently.
+
+The load run itself is not part of the test suite: it takes minutes and needs wrk.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import webtest
+from lxml import etree
+
+from bench import backend, run
+
+NS = {
+    "ows": "http://www.opengis.net/ows/1.1",
+    "wps": "http://www.opengis.net/wps/1.0.0",
+    "xlink": "http://www.w3.org/1999/xlink",
+}
+HOST = "backend.test:8081"
+BASE = f"http://{HOST}/wps"
+
+
+@pytest.fixture
+def backend_app() -> webtest.TestApp:
+    return webtest.TestApp(backend.app, extra_environ={"HTTP_HOST": HOST})
+
+
+def test_capabilities_is_about_20_kb_and_its_operation_urls_point_at_the_backend(backend_app):
+    resp = backend_app.get("/wps", params={"SERVICE": "WPS", "Request": "GetCapabilities"})
+    assert resp.content_type == "text/xml"
+    assert 18_000 <= len(resp.body) <= 24_000
+    doc = etree.fromstring(resp.body)
+    hrefs = doc.xpath("//ows:Operation//@xlink:href", namespaces=NS)
+    assert len(hrefs) == 6
+    assert all(href.startswith(BASE) for href in hrefs)
+    assert len(doc.xpath("//wps:Process", namespaces=NS)) == backend.CAPABILITIES_PROCESSES
+
+
+def test_capabilities_follow_the_host_the_client_used(backend_app):
+    resp = backend_app.get("/wps?service=WPS&request=GetCapabilities", extra_environ={"HTTP_HOST": "other:9"})
+    assert b"http://other:9/wps?" in resp.body
+    assert HOST.encode() not in resp.body
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_execute_answers_a_small_execute_response_linking_back_to_the_backend(backend_app, method):
+    if method == "GET":
+        resp = backend_app.get("/wps" + run.GET_EXECUTE + "&access_token=abc")
+    else:
+        resp = backend_app.post("/wps", run.POST_EXECUTE, headers={"Content-Type": "text/xml"})
+    assert 800 <= len(resp.body) <= 1500
+    doc = etree.fromstring(resp.body)
+    assert etree.QName(doc).localname == "ExecuteResponse"
+    assert doc.get("statusLocation").startswith(f"http://{HOST}/outputs/")
+    assert doc.xpath("//wps:Reference/@href", namespaces=NS) == [f"http://{HOST}/outputs/1mb.bin"]
+
+
+def test_large_file_streams_in_blocks_with_the_announced_length_and_hash(backend_app):
+    resp = backend_app.get("/outputs/3mb.bin")
+    assert resp.content_type == "application/octet-stream"
+    assert int(resp.headers["Content-Length"]) == len(resp.body) == 3 * backend.BLOCK_SIZE
+    assert hashlib.sha256(resp.body).hexdigest() == backend.expected_sha256(3)
+    # Deterministic but not a trivial pattern: a proxy that mangles or reorders blocks is caught.
+    assert len(set(resp.body[:4096])) > 200
+    assert backend.expected_sha256(3) != backend.expected_sha256(2)
+
+
+@pytest.mark.parametrize("path, code, status", [
+    ("/wps?service=WPS&request=GetMap", "OperationNotSupported", 400),
+    ("/wps?service=WPS", "MissingParameterValue", 400),
+    (f"/outputs/{backend.MAX_FILE_MB + 1}mb.bin", "InvalidParameterValue", 400),
+])
+def test_anything_else_is_an_exception_report(backend_app, path, code, status):
+    resp = backend_app.get(path, status=status)
+    doc = etree.fromstring(resp.body)
+    assert etree.QName(doc).localname == "ExceptionReport"
+    assert doc.find("ows:Exception", NS).get("exceptionCode") == code
+
+
+def test_unsupported_method_is_a_405_exception_report(backend_app):
+    resp = backend_app.delete("/wps", status=405)
+    assert b"OperationNotSupported" in resp.body
+
+
+def test_wrk_script_prints_the_json_line_the_runner_parses():
+    script = Path(run.WRK_SCRIPT).read_text()
+    assert "BENCH_JSON " in script and "function done" in script
+
+
+def test_token_check_cost_is_measured_on_a_store_of_the_asked_size(tmp_path):
+    row = run.token_check_cost(tmp_path, size=300, lookups=200, probes=50)
+    assert row["size"] == 300 and row["lookups"] == 200
+    assert 0 < row["median_us"] <= row["p99_us"]
+    assert not list(tmp_path.glob("tokens-*"))  # the store file is removed afterwards
+
+
+def test_fill_token_store_holds_the_asked_number_of_tokens_and_the_probes_are_valid(tmp_path):
+    from twitcher.store import open_store
+    from twitcher.tokens import check_token, token_digest
+
+    path = tmp_path / "t.sqlite"
+    tokens, _ = run.fill_token_store(f"sqlite:///{path}", path, size=500, probes=20)
+    store = open_store(f"sqlite:///{path}")
+    try:
+        assert len(tokens) == 20
+        for token in tokens:
+            check_token(store.fetch_token(token_digest(token)))
+    finally:
+        store.close()
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 500
+
+
+def test_evaluate_flags_each_target_from_the_measured_numbers():
+    def rows(direct, proxied):
+        return {"direct": {"rps": direct}, "twitcher": {"rps": proxied}, "ratio": proxied / direct}
+
+    results = {
+        "requests": {"getcaps": rows(1000, 300), "execute_get": rows(1000, 200),
+                     "execute_post": rows(1000, 250), "rejected": rows(1000, 299)},
+        "download": {"size_mb": 200, "direct_mb_s": 1000.0, "twitcher_mb_s": 600.0, "ratio": 0.6,
+                     "twitcher_sha256_ok": True,
+                     "twitcher_peak_rss_growth_mb": 40.0},
+        "tokens": [{"size": 1000, "median_us": 20.0}, {"size": 10**6, "median_us": 25.0}],
+    }
+    verdicts = [c["ok"] for c in run.evaluate(results)]
+    assert verdicts == [True, False, True, False, True, False, True]
+
+
+def test_rss_watch_sees_a_process_grow(tmp_path):
+    """The download's memory verdict is only worth something if the watch does see growth."""
+    import subprocess
+    import sys
+    import time
+
+    go, ready, stop = (tmp_path / name for name in ("go", "ready", "stop"))
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import os, time\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+        "block = bytearray(48 * 1024 * 1024)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        f"while not os.path.exists({str(stop)!r}): time.sleep(0.01)\n")])
+    try:
+        watch = run.RssWatch([child.pid])
+        with watch.watch():
+            go.touch()
+            deadline = time.monotonic() + 20
+            while not ready.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        stop.touch()
+        child.wait(timeout=20)
+    finally:
+        child.kill()
+    assert 40 * 1024 <= watch.growth_kib <= 64 * 1024
