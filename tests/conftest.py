@@ -55,12 +55,13 @@ def store(app_settings):
 def live_twitcher(app_settings):
     """A real Twitcher (real ``main()``) served by waitress on 127.0.0.1; yields its base URL.
 
-    Use it for tests that need real HTTP: XML-RPC clients, OWSLib, twitcherctl.
-    Edit ``app_settings`` in the test (or a fixture) before requesting this one.
+    Use it for tests that need real HTTP: XML-RPC clients, OWSLib, twitcherctl. Its
+    ``twitcher.url`` is its own address, so rewritten links work. Edit ``app_settings`` in the
+    test (or a fixture) before requesting this one.
     """
-    from tests.servers import serve_wsgi
+    from tests.servers import serve_twitcher
 
-    with serve_wsgi(main({}, **app_settings)) as base_url:
+    with serve_twitcher(app_settings) as base_url:
         yield base_url
 
 

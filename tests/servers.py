@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Dict, Iterator
 
 import requests
 from waitress import wasyncore
@@ -39,6 +39,41 @@ def serve_wsgi(app: Callable, threads: int = 8, **options) -> Iterator[str]:
             pass
         thread.join(timeout=5)
         server.task_dispatcher.shutdown()
+
+
+class LateApp:
+    """A WSGI app built after its server is bound, because ``twitcher.url`` must name the port.
+
+    Twitcher (and PyWPS behind it) writes that URL into rewritten links, status locations and
+    output references, so it has to be the address the client really uses. Until the app is
+    set, the server answers 503.
+    """
+
+    def __init__(self) -> None:
+        self.app = None
+
+    def __call__(self, environ, start_response):
+        if self.app is None:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"starting"]
+        return self.app(environ, start_response)
+
+
+@contextlib.contextmanager
+def serve_twitcher(settings: Dict[str, str]) -> Iterator[str]:
+    """Serve a real Twitcher (``main()``) on 127.0.0.1 whose ``twitcher.url`` is its own address."""
+    from twitcher import main
+
+    late = LateApp()
+    with serve_wsgi(late) as base_url:
+        late.app = main({}, **{**settings, "twitcher.url": base_url})
+        try:
+            yield base_url
+        finally:
+            # Let backends' servers stop at once instead of waiting for pooled keep-alive connections.
+            sessions = getattr(late.app.registry, "owsproxy_sessions", None)
+            if sessions is not None:
+                sessions.close()
 
 
 def wait_until_up(base_url: str, path: str = "/", timeout: float = START_TIMEOUT) -> None:

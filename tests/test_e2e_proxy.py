@@ -14,8 +14,7 @@ from lxml import etree
 from owslib.wps import ASYNC, SYNC, WebProcessingService
 
 from tests.pywps_backend import PyWPSBackend
-from tests.servers import serve_wsgi
-from twitcher import main
+from tests.servers import serve_twitcher, serve_wsgi
 from twitcher.services import service_from_registration
 from twitcher.store import open_store
 from twitcher.tokens import new_token
@@ -28,28 +27,6 @@ TOKEN_ENVIRON = {"DATA_ACCESS_SECRET": "environ-value-only-for-the-internal-wps"
 LARGE_MB = 200
 #: Measured 30-50 MiB (all threads: backend, proxy and client); a buffering proxy would add 200+.
 MAX_RSS_GROWTH_MB = 96
-
-
-class LateApp:
-    """A WSGI app built once its server is bound, so that Twitcher can know its own public URL."""
-
-    def __init__(self) -> None:
-        self.app = None
-
-    def __call__(self, environ, start_response):
-        if self.app is None:
-            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [b"starting"]
-        return self.app(environ, start_response)
-
-
-def _serve_twitcher(settings: dict) -> Iterator[str]:
-    late = LateApp()
-    with serve_wsgi(late) as base_url:
-        late.app = main({}, **{**settings, "twitcher.url": base_url})
-        yield base_url
-        # Let the backend's server stop at once instead of waiting for pooled keep-alive connections.
-        late.app.registry.owsproxy_sessions.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +57,7 @@ def twitcher(tmp_path_factory, backend):
         store.save_service(service_from_registration(f"{backend_url}/{name}", {"name": name, "public": True}))
     store.save_service(service_from_registration(f"http://127.0.0.1:{_closed_port()}/wps",
                                                  {"name": "down", "public": True}))
-    for base_url in _serve_twitcher(settings):
+    with serve_twitcher(settings) as base_url:
         yield base_url, store, settings
     store.close()
 
@@ -89,7 +66,8 @@ def twitcher(tmp_path_factory, backend):
 def impatient_twitcher(twitcher) -> Iterator[str]:
     """A second Twitcher on the same store whose backend read timeout is one second."""
     settings = {**twitcher[2], "twitcher.proxy_timeout": "1 1"}
-    yield from _serve_twitcher(settings)
+    with serve_twitcher(settings) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import pytest
 from owslib.util import ServiceException
 from owslib.wps import ASYNC, SYNC, WebProcessingService
 
-from tests.servers import serve_wsgi
-from twitcher import main
+from tests.servers import serve_twitcher
 from twitcher.tokens import fingerprint, new_token
 
 #: Upper bound for an async job to finish, polled every POLL_SECONDS.
@@ -17,33 +16,14 @@ JOB_TIMEOUT = 30.0
 POLL_SECONDS = 0.2
 
 
-class LateApp:
-    """A WSGI app built after the server is bound, because ``twitcher.url`` must name its port.
-
-    PyWPS writes that URL into status locations and output references, so it has to be the
-    address the client really uses. Until the app is set, the server answers 503.
-    """
-
-    def __init__(self):
-        self.app = None
-
-    def __call__(self, environ, start_response):
-        if self.app is None:
-            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [b"starting"]
-        return self.app(environ, start_response)
-
-
 @pytest.fixture
 def live_wps(app_settings, tmp_path, store):
     """A Twitcher with the demo processes, served on 127.0.0.1 with its own URL; yields (wps_url, token)."""
     token, record = new_token(1, {"DATA_TOKEN": "abc", "DATA_USER": "alice"})
     store.save_token(record)
-    late = LateApp()
-    with serve_wsgi(late) as base_url:
-        late.app = main({}, **{**app_settings, "twitcher.url": base_url, "twitcher.wps": "true",
-                               "twitcher.wps_processes": "twitcher.wpsprocesses.demo_processes",
-                               "twitcher.wps_workdir": str(tmp_path / "wps")})
+    with serve_twitcher({**app_settings, "twitcher.wps": "true",
+                         "twitcher.wps_processes": "twitcher.wpsprocesses.demo_processes",
+                         "twitcher.wps_workdir": str(tmp_path / "wps")}) as base_url:
         yield base_url + "/ows/wps", token
 
 
