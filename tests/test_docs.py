@@ -175,3 +175,172 @@ def test_twitcherctl_page_has_a_section_with_help_for_every_command():
     for name in commands[0].choices:
         assert f"\n{name}\n{'-' * len(name)}\n" in page
         assert f"   :command: {name}\n" in page
+
+
+# -- troubleshooting page: the error table is what Twitcher answers ------------------------
+
+_ROW = re.compile(r"^   \* - (.*)$")
+_CELL = re.compile(r"^     - (.*)$")
+_CONTINUED = re.compile(r"^       (\S.*)$")
+_PLACEHOLDER = re.compile(r"<[A-Za-z]+>")
+
+
+def documented_errors() -> List[List[str]]:
+    """The rows (HTTP, exceptionCode, locator, text) of the error table on the troubleshooting page."""
+    text = (DOCS / "troubleshooting.rst").read_text(encoding="utf-8")
+    table = text[text.index("   * - HTTP\n"):]
+    rows: List[List[str]] = []
+    for line in table.splitlines():
+        if _ROW.match(line):
+            rows.append([_ROW.match(line).group(1)])
+        elif _CELL.match(line) and rows:
+            rows[-1].append(_CELL.match(line).group(1))
+        elif _CONTINUED.match(line) and rows:
+            rows[-1][-1] += " " + _CONTINUED.match(line).group(1)
+        elif line and not line.startswith(" "):
+            break
+    return [row[:4] for row in rows[1:]]
+
+
+def _pattern(cell: str) -> re.Pattern:
+    parts = _PLACEHOLDER.split(cell)
+    return re.compile(".+".join(re.escape(part) for part in parts) + r"\Z")
+
+
+def documented_row_of(answer) -> List[str]:
+    """The documented row that matches an ExceptionReport answer; fails when there is none."""
+    from lxml import etree
+
+    exception = etree.fromstring(answer.body)[0]
+    seen = [str(answer.status_int), exception.get("exceptionCode"), exception.get("locator") or "(none)",
+            exception[0].text]
+    for row in documented_errors():
+        if all(_pattern(cell).match(value) for cell, value in zip(row, seen)):
+            return row
+    raise AssertionError(f"docs/troubleshooting.rst has no row for {seen}")
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/wps"
+
+
+def _slow_app(environ, start_response):
+    """A backend whose WPS answers later than the proxy's read timeout in the test below."""
+    import time
+
+    if environ["PATH_INFO"] == "/wps":  # not "/": serve_wsgi polls that to see the server is up
+        time.sleep(1.0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"too late"]
+
+
+#: Requests that provoke each error of the table; "{token}" etc. are filled in by the test.
+_EXECUTE = "service=WPS&version=1.0.0&request=Execute&identifier=hello"
+ERROR_REQUESTS = [
+    ("GET", "/ows/proxy/emu?request=GetCapabilities", None),
+    ("GET", "/ows/proxy/emu?service=WPS", None),
+    ("GET", "/ows/proxy/emu?service=WPS&request=GetCapabilities&version=", None),
+    ("GET", "/ows/proxy/emu?service=FOO&request=GetCapabilities", None),
+    ("GET", "/ows/proxy/emu?service=WMS&request=GetCapabilities", None),
+    ("GET", "/ows/proxy/emu?service=WPS&request=Get-Capabilities", None),
+    ("GET", "/ows/proxy/emu?service=WPS&request=GetCapabilities&version=one", None),
+    ("GET", "/ows/proxy/emu?service=WPS&request=GetCapabilities&REQUEST=Execute", None),
+    ("GET", "/ows/proxy/emu?service=WPS&DataInputs=a=1;request=GetCapabilities&request=Execute", None),
+    ("POST", "/ows/proxy/emu?request=GetCapabilities",
+     b'<wps:Execute xmlns:wps="http://www.opengis.net/wps/1.0.0" service="WPS" version="1.0.0"/>'),
+    ("GET", f"/ows/proxy/emu?{_EXECUTE}&access_token={{token}}&token=another", None),
+    ("GET", "/ows/proxy/emu/..%2Fsecret?access_token={token}", None),
+    ("GET", "/ows/proxy/emu?service=WPS&request=GetMap", None),
+    ("PUT", "/ows/proxy/emu?service=WPS&request=GetCapabilities", b""),
+    ("POST", "/ows/proxy/emu", b""),
+    ("POST", "/ows/proxy/emu", b"<wps:Execute"),
+    ("POST", "/ows/proxy/emu", b'<!DOCTYPE x [<!ENTITY a "b">]><x service="WPS"/>'),
+    ("POST", "/ows/proxy/emu", b"<x/>" + b" " * 2048),
+    ("GET", f"/ows/proxy/emu?{_EXECUTE}", None),
+    ("GET", f"/ows/proxy/emu?{_EXECUTE}&access_token=not-a-token", None),
+    ("GET", f"/ows/proxy/emu?{_EXECUTE}&access_token={{expired}}", None),
+    ("GET", f"/ows/proxy/emu?{_EXECUTE}&access_token={{revoked}}", None),
+    ("GET", "/ows/proxy/nothing-here?service=WPS&request=GetCapabilities", None),
+    ("GET", "/ows/elsewhere?access_token={token}", None),
+    ("GET", "/ows/proxy/emu?service=WPS&request=GetCapabilities", None),
+    ("GET", "/ows/proxy/slow?service=WPS&request=GetCapabilities", None),
+]
+
+
+def test_troubleshooting_table_lists_exactly_the_errors_twitcher_answers(make_app, store, dead_mongodb_url):
+    from datetime import timedelta
+
+    from twitcher.services import Service
+    from twitcher.tokens import new_token, utcnow
+
+    tokens = {}
+    for name, start in (("token", utcnow()), ("expired", utcnow() - timedelta(hours=2)),
+                        ("revoked", utcnow())):
+        tokens[name], record = new_token(1, now=start)
+        store.save_token(record)
+    revoked_digest = record.digest
+    store.revoke_token(revoked_digest)
+    store.save_service(Service(name="emu", url=_closed_port_url()))
+    with serve_wsgi(_slow_app) as slow_url:
+        store.save_service(Service(name="slow", url=f"{slow_url}/wps"))
+        app = make_app(max_request_body=1024, proxy_timeout="2 0.2")
+        answers = []
+        for method, path, body in ERROR_REQUESTS:
+            url = path.format(**tokens)
+            if body is None:
+                answers.append(app.request(url, method=method, expect_errors=True))
+            else:
+                answers.append(app.request(url, method=method, body=body, content_type="text/xml",
+                                           expect_errors=True))
+    answers.append(make_app(db_url=dead_mongodb_url).get(f"/ows/proxy/emu?{_EXECUTE}&access_token=x",
+                                                        expect_errors=True))
+
+    for answer in answers:
+        assert answer.content_type == "text/xml"
+        if answer.status_int == 401:
+            assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+    produced = [documented_row_of(answer) for answer in answers]
+    never_seen = [row for row in documented_errors() if row not in produced]
+    assert not never_seen, f"documented errors that no request in this test provokes: {never_seen}"
+
+
+# -- README: the first ten minutes work against the demo WPS of development.ini -------------
+
+
+def readme_example() -> str:
+    """The shell lines of the README's first ``code-block:: bash``."""
+    text = (ROOT / "README.rst").read_text(encoding="utf-8")
+    block = text[text.index(".. code-block:: bash\n") + len(".. code-block:: bash\n"):]
+    lines = []
+    for line in block.splitlines()[1:]:
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines).strip() + "\n"
+
+
+@pytest.fixture
+def demo_twitcher(app_settings, tmp_path) -> Iterator[str]:
+    """Twitcher with the internal demo WPS of ``development.ini``, served on 127.0.0.1."""
+    from tests.servers import serve_twitcher
+
+    with serve_twitcher({**app_settings, "twitcher.wps": "true",
+                         "twitcher.wps_processes": "twitcher.wpsprocesses.demo_processes",
+                         "twitcher.wps_workdir": str(tmp_path / "wps")}) as base_url:
+        yield base_url
+
+
+def test_readme_example_mints_a_token_and_runs_execute(demo_twitcher):
+    script = readme_example()
+    assert len(script.splitlines()) == 5
+    script = (script.replace("demo-only-change-me", ADMIN_PASSWORD)
+              .replace("http://localhost:8000", demo_twitcher)
+              .replace(".venv/bin/", f"{Path(sys.executable).parent}/"))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                          timeout=EXAMPLE_TIMEOUT, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["<ows:Identifier>hello</ows:Identifier>", "401", "Hello you"]
