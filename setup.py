@@ -9,7 +9,7 @@ requires = [
     "pyramid>=2.0,<3",
     "pyramid_rpc>=0.8",
     "pymongo>=4,<5",
-    "requests>=2.28",
+    "urllib3>=2,<3",  # the proxy's HTTP client (twitcher/owsproxy.py)
     "lxml>=4.9",
     "waitress>=2.1",
 ]
@@ -24,11 +24,12 @@ extras = {
         "owslib>=0.29",
         "pywps>=4.5",
         "ruff>=0.5",
+        "requests>=2.28",  # the tests' and the benchmark's HTTP client
     ],
     "docs": ["sphinx>=7.4"],  # 7.4: the confval directive of docs/configuration.rst
     "prod": ["gunicorn>=21"],
     # Profiling the proxy under load: `make bench BENCH_ARGS="--profile 8"` (bench/run.py).
-    "bench": ["py-spy>=0.3"],
+    "bench": ["py-spy>=0.3", "requests>=2.28"],
 }
 
 setup(

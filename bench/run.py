@@ -688,6 +688,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="store sizes for the token-check cost, comma-separated")
     parser.add_argument("--token-lookups", type=int, default=20000, help="timed lookups per store size")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of each server (default 2)")
+    parser.add_argument("--twitcher-worker-class", default="gthread",
+                        help="gunicorn worker class of Twitcher: gthread (default) or gevent")
     parser.add_argument("--twitcher-threads", type=int, default=8, help="threads per Twitcher worker")
     parser.add_argument("--backend-threads", type=int, default=16, help="threads per backend worker")
     parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
@@ -728,7 +730,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tw_sock = listening_socket()
         ini = twitcher_ini(workdir, tw_sock.getsockname()[1], db_url)
         twitcher = Server("twitcher", ["--paste", str(ini), "--workers", str(args.workers), "--worker-class",
-                                       "gthread", "--threads", str(args.twitcher_threads)], tw_sock, workdir, env)
+                                       args.twitcher_worker_class, "--threads", str(args.twitcher_threads)],
+                          tw_sock, workdir, env)
         stack.callback(twitcher.stop)
         body_file = workdir / "execute.xml"
         body_file.write_bytes(POST_EXECUTE)

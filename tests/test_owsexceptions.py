@@ -19,7 +19,14 @@ from twitcher.exceptions import (
     StoreUnavailable,
     UnknownService,
 )
-from twitcher.owsexceptions import OWS_NS, exception_report, ows_exception_response, path_is_under
+from twitcher.owsexceptions import (
+    OWS_NS,
+    REPORT_CACHE_SIZE,
+    _report_bytes,
+    exception_report,
+    ows_exception_response,
+    path_is_under,
+)
 
 NS = {"ows": OWS_NS}
 
@@ -52,6 +59,20 @@ def test_each_error_has_its_status_code_and_locator(exc, status, code, locator):
 def test_only_401_asks_for_a_bearer_token():
     assert ows_exception_response(AccessDenied("no token")).headers["WWW-Authenticate"].startswith("Bearer")
     assert "WWW-Authenticate" not in ows_exception_response(MalformedRequest("x")).headers
+
+
+def test_a_repeated_refusal_reuses_the_serialised_report():
+    first = exception_report(AccessDenied("An access token is required for this request."))
+    again = exception_report(AccessDenied("An access token is required for this request."))
+    assert again is first
+    assert exception_report(AccessDenied("The access token has expired.")) != first
+
+
+def test_reports_quoting_the_request_do_not_grow_the_cache_without_bound():
+    for n in range(REPORT_CACHE_SIZE + 50):
+        body = exception_report(UnknownService(f"service-{n}"))
+        assert f"service-{n}".encode() in body
+    assert _report_bytes.cache_info().currsize <= REPORT_CACHE_SIZE
 
 
 def test_report_escapes_whatever_the_client_sent():

@@ -22,10 +22,12 @@ from pyramid.request import Request
 from tests.servers import serve_wsgi
 from twitcher.exceptions import InvalidParameterValue, RequestTooLarge
 from twitcher.owsproxy import (
+    STREAM_CHUNK_SIZE,
     BoundedBody,
-    SessionPool,
+    UpstreamPool,
     forward_request_headers,
     forward_response_headers,
+    proxy_response,
     request_body,
     send,
     target_url,
@@ -135,7 +137,7 @@ def test_request_body_is_whole_whether_or_not_the_tween_read_it(tween_read_it):
 def test_a_body_of_unknown_length_growing_past_the_limit_is_refused_while_sending(backend):
     body = BoundedBody(io.BytesIO(os.urandom(300_000)), limit=100_000)
     with pytest.raises(RequestTooLarge):
-        send(SessionPool().get(), "POST", backend[1] + "/wps", [], body, True, (2.0, 5.0))
+        send(UpstreamPool().get(), "POST", backend[1] + "/wps", [], body, True, (2.0, 5.0))
 
 
 def test_request_body_announced_over_the_limit_is_refused_before_reading():
@@ -147,7 +149,7 @@ def test_request_body_announced_over_the_limit_is_refused_before_reading():
 # --- the connection pool --------------------------------------------------------------------------
 
 def test_one_session_per_process_and_a_new_one_after_fork():
-    pool = SessionPool()
+    pool = UpstreamPool()
     session = pool.get()
     assert pool.get() is session
     pid = os.fork()
@@ -157,6 +159,22 @@ def test_one_session_per_process_and_a_new_one_after_fork():
     assert os.waitstatus_to_exitcode(status) == 0
     pool.close()
     assert pool.get() is not session
+
+
+def test_an_abandoned_download_is_not_reused_for_the_next_request(backend):
+    """A client that goes away mid-download: the backend connection must not serve the next
+    request with the rest of the old body still in it."""
+    pool = UpstreamPool()
+    url = backend[1] + "/large"
+    answer = proxy_response(send(pool.get(), "GET", url, [], None, True, (2.0, 5.0)), "GET", url,
+                            backend[1] + "/wps", "http://tw/ows/proxy/svc", 1024)
+    chunks = iter(answer.app_iter)
+    assert len(next(chunks)) == STREAM_CHUNK_SIZE
+    answer.app_iter.close()
+    again = send(pool.get(), "GET", backend[1] + "/echo?after=1", [], None, True, (2.0, 5.0))
+    assert json.loads(again.read()) == {"path": "/echo", "query": "after=1", "length": 0,
+                                        "sha256": hashlib.sha256(b"").hexdigest()}
+    pool.close()
 
 
 # --- the view, on a real backend ------------------------------------------------------------------
@@ -184,6 +202,10 @@ class Backend:
                 return iter([document[:1000], document[1000:]])
             return self._answer(start_response, "200 OK", "text/xml", document)
         links += "</r>"
+        if path == "/large":  # 4 MB in 64 KiB blocks, more than any one chunk the proxy reads
+            start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                      ("Content-Length", str(64 * 65536))])
+            return iter([b"\x00" * 65536] * 64)
         if path == "/xml":
             content_type = environ["QUERY_STRING"].partition("ct=")[2].replace("%2B", "+") or "text/xml"
             return self._answer(start_response, "200 OK", content_type, links.encode())

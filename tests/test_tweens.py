@@ -580,6 +580,17 @@ def test_real_app_forwards_public_requests_without_token_material(proxied):
     assert "HTTP_ACCESS_TOKEN" not in backend.seen[-1]["headers"]
 
 
+def test_real_app_looks_the_service_up_once_per_proxied_request(proxied, monkeypatch):
+    app, backend, token = proxied
+    store = app.app.registry.store
+    looked_up = []
+    fetch_by_name = store.fetch_by_name
+    monkeypatch.setattr(store, "fetch_by_name", lambda name: looked_up.append(name) or fetch_by_name(name))
+    app.get(f"/ows/proxy/emu?{EXECUTE}&access_token={token}")
+    assert looked_up == ["emu"]
+    assert len(backend.seen) == 1
+
+
 @pytest.mark.parametrize("source", ["access_token", "token", "header", "bearer"])
 def test_real_app_forwards_execute_with_a_token_from_each_source_and_never_the_token(proxied, source):
     app, backend, token = proxied

@@ -8,6 +8,8 @@ leaks a stack trace.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
+from typing import Optional
 
 from lxml import etree
 from pyramid.httpexceptions import HTTPException
@@ -28,14 +30,25 @@ OWS_NS = "http://www.opengis.net/ows/1.1"
 XML_CONTENT_TYPE = "text/xml"
 
 
+#: Distinct (code, locator, text) reports kept serialised. Refusals repeat the same few texts
+#: (a 401 for a missing token is the most frequent answer of all); texts that quote the request,
+#: such as an unknown service name, merely cycle through the cache, which stays this size.
+REPORT_CACHE_SIZE = 512
+
+
 def exception_report(exc: OWSException) -> bytes:
     """Serialise ``exc`` as an OWS 1.1 ``ExceptionReport`` (version 1.0.0)."""
+    return _report_bytes(exc.code, exc.locator, exc.text)
+
+
+@lru_cache(maxsize=REPORT_CACHE_SIZE)
+def _report_bytes(code: str, locator: Optional[str], text: str) -> bytes:
     report = etree.Element(f"{{{OWS_NS}}}ExceptionReport", nsmap={"ows": OWS_NS},
                            attrib={"version": "1.0.0", "{http://www.w3.org/XML/1998/namespace}lang": "en"})
-    exception = etree.SubElement(report, f"{{{OWS_NS}}}Exception", exceptionCode=exc.code)
-    if exc.locator:
-        exception.set("locator", exc.locator)
-    etree.SubElement(exception, f"{{{OWS_NS}}}ExceptionText").text = exc.text
+    exception = etree.SubElement(report, f"{{{OWS_NS}}}Exception", exceptionCode=code)
+    if locator:
+        exception.set("locator", locator)
+    etree.SubElement(exception, f"{{{OWS_NS}}}ExceptionText").text = text
     return etree.tostring(report, xml_declaration=True, encoding="UTF-8")
 
 

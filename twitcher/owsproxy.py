@@ -36,17 +36,18 @@ from itertools import chain
 from typing import IO, Iterable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import requests
 import urllib3
 from pyramid.request import Request
 from pyramid.response import Response
-from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import TimeoutError as UpstreamTimeout
 
 from .exceptions import (
     BadGateway,
     GatewayTimeout,
     InvalidParameterValue,
     OperationNotSupported,
+    OWSException,
     RequestTooLarge,
     UnknownService,
 )
@@ -54,12 +55,16 @@ from .owsrewrite import charset_param, is_xml_media_type, map_url, rewrite_docum
 from .services import Service
 from .settings import TwitcherSettings
 from .tokens import strip_token_params
+from .tweens import SERVICE_ATTR
 
 log = logging.getLogger(__name__)
 
-#: Bytes read from the client or the backend at a time: large enough to be fast, small enough
-#: that a thousand parallel downloads stay within a few hundred MB.
+#: Bytes of a request body read from the client at a time, and of a document read for rewriting.
 CHUNK_SIZE = 64 * 1024
+#: Bytes of a streamed answer passed on at a time. Each chunk costs a few Python calls and a
+#: ``send`` of the WSGI server, so larger chunks stream faster (64 KiB: ~0.3 of the backend's
+#: MB/s in ``make bench``); 256 KiB keeps a hundred parallel downloads within ~26 MB.
+STREAM_CHUNK_SIZE = 256 * 1024
 ALLOWED_METHODS = ("GET", "HEAD", "POST")
 #: Connections kept per backend host; more parallel requests open extra, unpooled connections.
 POOL_MAXSIZE = 32
@@ -81,44 +86,52 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PATH_SAFE = "/!$&'()*+,;=:@~"
 
 
-class SessionPool:
-    """One pooled ``requests.Session`` per process, created lazily and again after a fork.
+class UpstreamPool:
+    """One urllib3 ``PoolManager`` per process, created lazily and again after a fork.
 
-    A session made before gunicorn forks its workers would share sockets between processes; the
-    pid check gives every worker its own. Kept in the registry (``registry.owsproxy_sessions``).
+    urllib3 rather than ``requests``: the proxy needs none of what ``requests`` adds (cookies,
+    redirects, environment proxies, ``.netrc``) and that layer cost more CPU per request than the
+    HTTP exchange itself. A manager made before gunicorn forks its workers would share sockets
+    between processes; the pid check gives every worker its own. Kept in the registry as
+    ``registry.owsproxy_sessions`` (the name predates urllib3; ``tests/servers.py`` closes it).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid: Optional[int] = None
-        self._session: Optional[requests.Session] = None
+        self._manager: Optional[urllib3.PoolManager] = None
 
-    def get(self) -> requests.Session:
+    def get(self) -> urllib3.PoolManager:
         pid = os.getpid()
         if self._pid != pid:
             with self._lock:
                 if self._pid != pid:
-                    self._session = _new_session()
+                    self._manager = _new_manager()
                     self._pid = pid
-        return self._session
+        return self._manager
 
     def close(self) -> None:
         with self._lock:
-            if self._session is not None and self._pid == os.getpid():
-                self._session.close()
-            self._session, self._pid = None, None
+            if self._manager is not None and self._pid == os.getpid():
+                self._manager.clear()
+            self._manager, self._pid = None, None
 
 
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    # No proxy variables or ~/.netrc credentials from the environment: a backend gets exactly
-    # the headers chosen here, and no default headers the client did not send.
-    session.trust_env = False
-    session.headers.clear()
-    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=POOL_MAXSIZE, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+def _new_manager() -> urllib3.PoolManager:
+    # No retries (a POST must not be sent twice) and no redirects (the client follows them,
+    # through the proxy); no default headers: a backend gets exactly the headers chosen here.
+    return urllib3.PoolManager(num_pools=16, maxsize=POOL_MAXSIZE, block=False, retries=False)
+
+
+def _tls_options(verify: Union[bool, str]) -> dict:
+    """urllib3 pool options for a service's ``verify``: each distinct value gets its own pools."""
+    if verify is False:
+        return {"cert_reqs": "CERT_NONE"}
+    if verify is True:
+        return {"cert_reqs": "CERT_REQUIRED"}  # the system's trust store
+    if os.path.isdir(verify):
+        return {"cert_reqs": "CERT_REQUIRED", "ca_cert_dir": verify}
+    return {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify}
 
 
 def _safe_relative_path(extra_path: str) -> str:
@@ -255,23 +268,41 @@ def request_body(request: Request, limit: int) -> Union[BoundedBody, bytes]:
     return SizedBody(request.body_file, limit, length)
 
 
-def send(session: requests.Session, method: str, url: str, headers: List[Tuple[str, str]],
+def send(manager: urllib3.PoolManager, method: str, url: str, headers: List[Tuple[str, str]],
          body: Union[BoundedBody, bytes, None], verify: Union[bool, str],
-         timeout: Tuple[float, float]) -> requests.Response:
-    """Send the request upstream, the answer not yet read; backend failures become OWS errors."""
+         timeout: Tuple[float, float]) -> urllib3.BaseHTTPResponse:
+    """Send the request upstream, the answer not yet read; backend failures become OWS errors.
+
+    A :class:`SizedBody` goes out with its ``Content-Length``, a :class:`BoundedBody` of unknown
+    length chunked; both are streamed, never held whole in memory.
+    """
+    headers = dict(_merge(headers))
+    if isinstance(body, SizedBody):
+        headers["Content-Length"] = str(body.length)
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        return session.request(method, url, headers=dict(_merge(headers)), data=body, stream=True,
-                               timeout=timeout, verify=verify, allow_redirects=False)
+        pool = manager.connection_from_url(url, pool_kwargs=_tls_options(verify))
+        return pool.urlopen(method, target, body=body, headers=headers, retries=False, redirect=False,
+                            assert_same_host=False, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+                            preload_content=False, decode_content=False)
     except RequestTooLarge:
         raise
-    except requests.Timeout as exc:
+    except NewConnectionError as exc:  # urllib3 files a refused connection under timeouts: it is not one
+        raise _unreachable(url, body, exc) from None
+    except UpstreamTimeout as exc:
         log.warning("backend %s did not answer in time: %s", _loggable(url), type(exc).__name__)
         raise GatewayTimeout("The service did not answer in time.") from None
-    except (requests.RequestException, OSError) as exc:
-        if isinstance(body, BoundedBody) and body.exceeded:
-            raise RequestTooLarge(f"The request body is larger than {body.limit} bytes.") from None
-        log.warning("backend %s unreachable: %s", _loggable(url), type(exc).__name__)
-        raise BadGateway("The service is not reachable.") from None
+    except (HTTPError, OSError) as exc:
+        raise _unreachable(url, body, exc) from None
+
+
+def _unreachable(url: str, body: Union[BoundedBody, bytes, None], exc: Exception) -> OWSException:
+    """The error for a failed exchange: 413 when our own body limit broke it off, else 502."""
+    if isinstance(body, BoundedBody) and body.exceeded:
+        return RequestTooLarge(f"The request body is larger than {body.limit} bytes.")
+    log.warning("backend %s unreachable: %s", _loggable(url), type(exc).__name__)
+    return BadGateway("The service is not reachable.")
 
 
 def _merge(headers: List[Tuple[str, str]]) -> Iterator[Tuple[str, str]]:
@@ -296,22 +327,33 @@ class StreamedBody:
     abandoned download does not keep a backend connection busy.
     """
 
-    def __init__(self, upstream: requests.Response, chunks: Iterable[bytes], prefix: Iterable[bytes] = ()):
+    def __init__(self, upstream: urllib3.BaseHTTPResponse, url: str, chunks: Iterable[bytes],
+                 prefix: Iterable[bytes] = ()):
         self.upstream = upstream
+        self.url = url
         self.chunks = chain(prefix, chunks)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self.chunks
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (HTTPError, OSError) as exc:
             # The status line is sent already: all that is left is to break the connection so
             # that the client sees a truncated answer rather than a complete-looking one.
-            log.warning("backend %s broke off while streaming: %s", _loggable(self.upstream.url),
-                        type(exc).__name__)
+            log.warning("backend %s broke off while streaming: %s", _loggable(self.url), type(exc).__name__)
             raise
 
     def close(self) -> None:
-        self.upstream.close()
+        finish(self.upstream)
+
+
+def finish(upstream: urllib3.BaseHTTPResponse) -> None:
+    """Let go of an answer: a connection read to the end goes back to the pool, any other is closed.
+
+    urllib3 returns a connection to its pool by itself once the body was read to the end; closing
+    first makes sure a half-read one is never reused with the rest of an old body in it.
+    """
+    upstream.close()
+    upstream.release_conn()
 
 
 def _read_up_to(chunks: Iterator[bytes], limit: int) -> Tuple[List[bytes], bool]:
@@ -325,19 +367,23 @@ def _read_up_to(chunks: Iterator[bytes], limit: int) -> Tuple[List[bytes], bool]
     return read, True
 
 
-def proxy_response(upstream: requests.Response, service_url: str, proxy_url: str,
+def proxy_response(upstream: urllib3.BaseHTTPResponse, method: str, url: str, service_url: str, proxy_url: str,
                    rewrite_max_bytes: int) -> Response:
-    """The answer to the client: status, end-to-end headers and the streamed, maybe rewritten body."""
-    headers = forward_response_headers(upstream.raw.headers.items(), service_url, proxy_url)
-    content_type = upstream.headers.get("Content-Type")
-    length = upstream.headers.get("Content-Length")
-    length = int(length) if length and length.isdigit() else None
-    encoded = upstream.headers.get("Content-Encoding", "identity").lower() != "identity"
-    status = f"{upstream.status_code} {upstream.reason or ''}".strip()
+    """The answer to the client: status, end-to-end headers and the streamed, maybe rewritten body.
 
-    if upstream.request.method == "HEAD":
+    ``method`` and ``url`` are those of the request sent upstream (``url`` for the log only).
+    """
+    upstream_headers = upstream.headers
+    headers = forward_response_headers(upstream_headers.items(), service_url, proxy_url)
+    content_type = upstream_headers.get("Content-Type")
+    length = upstream_headers.get("Content-Length")
+    length = int(length) if length and length.isdigit() else None
+    encoded = upstream_headers.get("Content-Encoding", "identity").lower() != "identity"
+    status = f"{upstream.status} {upstream.reason or ''}".strip()
+
+    if method == "HEAD":
         # No body to rewrite; a rewritten document's length is unknown until it is fetched.
-        upstream.close()
+        finish(upstream)
         if length is not None and not is_xml_media_type(content_type):
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=[])
@@ -345,27 +391,27 @@ def proxy_response(upstream: requests.Response, service_url: str, proxy_url: str
     if not is_xml_media_type(content_type) or (length is not None and length > rewrite_max_bytes):
         if length is not None:
             headers.append(("Content-Length", str(length)))
-        chunks = upstream.raw.stream(CHUNK_SIZE, decode_content=False)
-        return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, chunks))
+        chunks = upstream.stream(STREAM_CHUNK_SIZE, decode_content=False)
+        return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, chunks))
 
     # An XML document small enough to rewrite: read it decoded (a compressed one is sent on
     # uncompressed), but never more than the limit, whatever Content-Length promised.
     headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
-    chunks = upstream.raw.stream(CHUNK_SIZE, decode_content=True)
+    chunks = upstream.stream(CHUNK_SIZE, decode_content=True)
     try:
         read, complete = _read_up_to(chunks, rewrite_max_bytes)
-    except urllib3.exceptions.ReadTimeoutError:
-        upstream.close()
+    except ReadTimeoutError:
+        finish(upstream)
         raise GatewayTimeout("The service did not answer in time.") from None
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        upstream.close()
-        log.warning("backend %s sent a broken answer: %s", _loggable(upstream.url), type(exc).__name__)
+    except (HTTPError, OSError) as exc:
+        finish(upstream)
+        log.warning("backend %s sent a broken answer: %s", _loggable(url), type(exc).__name__)
         raise BadGateway("The service sent a broken answer.") from None
     if not complete:
         if length is not None and not encoded:
             headers.append(("Content-Length", str(length)))
-        return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, chunks, read))
-    upstream.close()
+        return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, chunks, read))
+    finish(upstream)
     body = rewrite_document(b"".join(read), service_url, proxy_url, charset_param(content_type))
     headers.append(("Content-Length", str(len(body))))
     return Response(status=status, headerlist=headers, app_iter=[body])
@@ -384,7 +430,9 @@ def owsproxy_view(request: Request) -> Response:
         raise OperationNotSupported(f"The HTTP method {request.method} is not supported; use GET, HEAD or POST.",
                                     locator=request.method, status=405)
     name = request.matchdict["service_name"]
-    service = request.store.fetch_by_name(name)
+    service: Optional[Service] = getattr(request, SERVICE_ATTR, None)
+    if service is None or service.name != name:  # the security tween is off: look it up here
+        service = request.store.fetch_by_name(name)
     if service is None:
         raise UnknownService(name)
     settings: TwitcherSettings = request.registry.twitcher
@@ -394,15 +442,17 @@ def owsproxy_view(request: Request) -> Response:
     body = request_body(request, settings.max_request_body) if request.method == "POST" else None
     upstream = send(request.registry.owsproxy_sessions.get(), request.method, url, headers, body,
                     service.verify, settings.proxy_timeout)
-    log.info("proxied %s to service %s: %s", request.method, service.name, upstream.status_code)
-    return proxy_response(upstream, service.url, public_proxy_url(service, settings), settings.rewrite_max_bytes)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
+    return proxy_response(upstream, request.method, url, service.url, public_proxy_url(service, settings),
+                          settings.rewrite_max_bytes)
 
 
 def includeme(config) -> None:
     """Routes for the proxy under the protected path; any method reaches the view, which answers
     405 itself, because a route predicate mismatch would be a misleading 404."""
     prefix = config.registry.twitcher.protected_path
-    config.registry.owsproxy_sessions = SessionPool()
+    config.registry.owsproxy_sessions = UpstreamPool()
     config.add_route("owsproxy", prefix + "/proxy/{service_name}")
     config.add_route("owsproxy_extra", prefix + "/proxy/{service_name}/{extra_path:.*}")
     config.add_view(owsproxy_view, route_name="owsproxy")

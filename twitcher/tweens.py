@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 PROXY = "proxy"
 WPS = "wps"
+#: The request attribute where the tween leaves the service it resolved for a proxy request, so
+#: that the proxy view does not look the same service up a second time. Absent when the tween is
+#: off (``twitcher.ows_security = false``): the view then looks the service up itself.
+SERVICE_ATTR = "ows_service"
 OTHER = "other"
 _READ_CHUNK = 64 * 1024
 _ALLOWED_METHODS = ("GET", "HEAD", "POST")
@@ -213,6 +217,7 @@ class OWSSecurity:
             service = request.store.fetch_by_name(target.service_name) if _valid_name(target.service_name) else None
             if service is None:
                 raise UnknownService(target.service_name)
+            setattr(request, SERVICE_ATTR, service)
         service_type = service.type if service is not None else "wps"
         if ows is not None and target.kind != OTHER:
             name = request_for_service(ows, service_type)
@@ -259,7 +264,11 @@ def ows_security_tween_factory(handler, registry):
             try:
                 security.check(request, target)
             except AccessDenied as exc:
-                log.info("refused %s %s: %s", request.method, request.path_info, exc.text)
+                # DEBUG, not INFO: every access log (nginx, gunicorn) has the 401 already, and
+                # a log record per refusal cost a sixth of the refusal's CPU and let any client
+                # flood the log.
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("refused %s %s: %s", request.method, request.path_info, exc.text)
                 raise
         return handler(request)
 
