@@ -729,9 +729,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         tw_sock = listening_socket()
         ini = twitcher_ini(workdir, tw_sock.getsockname()[1], db_url)
-        twitcher = Server("twitcher", ["--paste", str(ini), "--workers", str(args.workers), "--worker-class",
-                                       args.twitcher_worker_class, "--threads", str(args.twitcher_threads)],
-                          tw_sock, workdir, env)
+        twitcher = Server("twitcher", ["--workers", str(args.workers), "--worker-class", args.twitcher_worker_class,
+                                       "--threads", str(args.twitcher_threads), "twitcher.wsgi:application"],
+                          tw_sock, workdir, {**env, "TWITCHER_INI": str(ini)})
         stack.callback(twitcher.stop)
         body_file = workdir / "execute.xml"
         body_file.write_bytes(POST_EXECUTE)

@@ -39,3 +39,17 @@ def test_development_ini_serves_the_demo_wps(local_state):
     refused = app.get("/ows/wps?service=WPS&version=1.0.0&request=Execute&identifier=hello&DataInputs=name=x",
                       status=401)
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_wsgi_module_builds_the_app_named_by_twitcher_ini(local_state, monkeypatch):
+    import importlib
+
+    import twitcher.wsgi
+
+    monkeypatch.setenv("TWITCHER_INI", str(ROOT / "development.ini"))
+    module = importlib.reload(twitcher.wsgi)
+    assert "application" not in vars(module)  # nothing is read at import
+    app = webtest.TestApp(module.application)
+    assert app.get("/health").json["store"] == "ok"
+    assert module.application is app.app
+    importlib.reload(twitcher.wsgi)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_PERMISSION = "admin"
 ADMIN_PATH = "/RPC2"
+_IDENTITY_KEY = "twitcher.admin_identity"
 REALM = "twitcher"
 HASH_SCHEME = "pbkdf2_sha256"
 #: OWASP's 2023 figure for PBKDF2-HMAC-SHA256; a hash keeps its own count, so it can change later.
@@ -136,12 +137,21 @@ class AdminCredentials:
         return user_ok and password_ok
 
 
-def _admin_identity(request) -> Optional[dict]:
+def admin_identity(request) -> Optional[dict]:
     """The admin's identity when the request carries the right Basic credentials, else None.
 
-    Reified per request, so a wrong password costs one verification and one log line, however
-    often Pyramid asks.
+    Worked out once per request and kept in its environ, so a wrong password costs one
+    verification and one log line however often the gate and the policy ask. (Not a reified
+    request method: Pyramid would build a new request class for every request, admin or not.)
     """
+    try:
+        return request.environ[_IDENTITY_KEY]
+    except KeyError:
+        identity = request.environ[_IDENTITY_KEY] = _check_credentials(request)
+        return identity
+
+
+def _check_credentials(request) -> Optional[dict]:
     credentials = extract_http_basic_credentials(request)
     if credentials is None:
         if request.authorization is not None:
@@ -158,14 +168,14 @@ class AdminSecurityPolicy:
     """Pyramid security policy: whoever presents the admin's Basic credentials holds ``admin``."""
 
     def identity(self, request) -> Optional[dict]:
-        return request.admin_identity
+        return admin_identity(request)
 
     def authenticated_userid(self, request) -> Optional[str]:
-        identity = request.admin_identity
+        identity = admin_identity(request)
         return identity["userid"] if identity else None
 
     def permits(self, request, context, permission):
-        if permission == ADMIN_PERMISSION and request.admin_identity is not None:
+        if permission == ADMIN_PERMISSION and admin_identity(request) is not None:
             return Allowed("admin credentials")
         return Denied("admin credentials required")
 
@@ -197,7 +207,7 @@ def admin_gate_tween_factory(handler, registry):
     def admin_gate_tween(request):
         if request.path_info != ADMIN_PATH:
             return handler(request)
-        if request.admin_identity is None:
+        if admin_identity(request) is None:
             return challenge(request)
         if request.method == "POST":
             if request.content_length is None:
@@ -213,7 +223,6 @@ def includeme(config) -> None:
     """Install the admin security policy; a malformed password hash stops the start-up."""
     settings = config.registry.twitcher
     config.registry.admin_credentials = AdminCredentials(settings.username, settings.password or "")
-    config.add_request_method(_admin_identity, "admin_identity", reify=True)
     config.set_security_policy(AdminSecurityPolicy())
     # Over everything but the exception views: the gate answers itself and raises nothing.
     config.add_tween("twitcher.adminauth.admin_gate_tween_factory", under=EXCVIEW)

@@ -282,7 +282,7 @@ def send(manager: urllib3.PoolManager, method: str, url: str, headers: List[Tupl
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        pool = manager.connection_from_url(url, pool_kwargs=_tls_options(verify))
+        pool = manager.connection_from_host(parts.hostname, parts.port, parts.scheme, pool_kwargs=_tls_options(verify))
         return pool.urlopen(method, target, body=body, headers=headers, retries=False, redirect=False,
                             assert_same_host=False, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
                             preload_content=False, decode_content=False)
@@ -432,7 +432,7 @@ def owsproxy_view(request: Request) -> Response:
     name = request.matchdict["service_name"]
     service: Optional[Service] = getattr(request, SERVICE_ATTR, None)
     if service is None or service.name != name:  # the security tween is off: look it up here
-        service = request.store.fetch_by_name(name)
+        service = request.registry.store.fetch_by_name(name)
     if service is None:
         raise UnknownService(name)
     settings: TwitcherSettings = request.registry.twitcher

@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import logging
 import re
+from functools import lru_cache
 from typing import Optional
 from urllib.parse import quote, urlsplit
 
@@ -88,7 +89,7 @@ def base_directory(path: str) -> str:
 
 
 class UrlMapper:
-    """Maps backend URLs of one service to the proxy; built once per document, not per URL.
+    """Maps backend URLs of one service to the proxy; immutable, shared through :func:`url_mapper`.
 
     The registered query string is dropped from a URL of the service itself, because the proxy
     adds it again when it forwards (``?map=x.map&request=GetMap`` becomes ``?request=GetMap``).
@@ -128,6 +129,13 @@ class UrlMapper:
             mapped += "#" + fragment
         return mapped
 
+
+
+@lru_cache(maxsize=256)
+def url_mapper(service_url: str, proxy_url: str) -> UrlMapper:
+    """The mapper of one service, built once: building it (URL splitting, a regex) cost more than
+    rewriting a small ExecuteResponse."""
+    return UrlMapper(service_url, proxy_url)
 
 def _values_pattern(service) -> re.Pattern:
     """A regex for URLs on the service's origin, from ``://`` on (the scheme is checked apart).
@@ -174,7 +182,7 @@ def _delimiter(document: str, start: int, end: int) -> Optional[str]:
 
 def map_url(url: str, service_url: str, proxy_url: str) -> Optional[str]:
     """The proxy URL for ``url`` when it points into the service's base directory, else None."""
-    return UrlMapper(service_url, proxy_url).map(url)
+    return url_mapper(service_url, proxy_url).map(url)
 
 
 def _unescape(text: str) -> str:
@@ -202,7 +210,7 @@ def rewrite_text(document: str, service_url: str, proxy_url: str) -> str:
     Only attribute values and text nodes that are exactly one URL (give or take surrounding
     whitespace) are rewritten; a URL inside prose, comments or CDATA-like text is left alone.
     """
-    mapper = UrlMapper(service_url, proxy_url)
+    mapper = url_mapper(service_url, proxy_url)
     pieces, done = [], 0
     for match in mapper.values.finditer(document):
         start = match.start() - len(mapper.scheme)

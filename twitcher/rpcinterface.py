@@ -110,7 +110,7 @@ def generate_token(request, valid_in_hours: Any = 1, environ: Any = None) -> Dic
     hours = tokens.validate_hours(valid_in_hours, request.registry.twitcher.token_max_hours)
     data = tokens.validate_environ(environ)
     token, record = tokens.new_token(hours, data)
-    request.store.save_token(record)
+    request.registry.store.save_token(record)
     log.info("admin API: token %s generated, valid %g h", tokens.fingerprint(token), hours)
     return {"access_token": token, "expires_at": int(record.expires_at.timestamp())}
 
@@ -122,14 +122,14 @@ def revoke_token(request, token: Any) -> bool:
     revoked already.
     """
     token = _require_str(token, "token")
-    revoked = request.store.revoke_token(tokens.token_digest(token))
+    revoked = request.registry.store.revoke_token(tokens.token_digest(token))
     log.info("admin API: revoke token %s: %s", tokens.fingerprint(token), "done" if revoked else "not active")
     return revoked
 
 
 def revoke_all_tokens(request) -> bool:
     """Revoke every token. Returns True."""
-    count = request.store.revoke_all_tokens()
+    count = request.registry.store.revoke_all_tokens()
     log.info("admin API: all tokens revoked (%d active)", count)
     return True
 
@@ -153,7 +153,7 @@ def register_service(request, url: Any, data: Any = None, overwrite: Any = True)
     if not isinstance(overwrite, bool):
         raise InvalidArgument(f"overwrite must be a boolean, got {overwrite!r}")
     service = services.service_from_registration(url, data)
-    saved = request.store.save_service(service, overwrite=overwrite)
+    saved = request.registry.store.save_service(service, overwrite=overwrite)
     log.info("admin API: service %r registered (type %s, public %s)", saved.name, saved.type, saved.public)
     return saved.as_struct()
 
@@ -161,7 +161,7 @@ def register_service(request, url: Any, data: Any = None, overwrite: Any = True)
 def unregister_service(request, name: Any) -> bool:
     """Remove the service ``name``. Returns True when it was registered."""
     name = _require_str(name, "name")
-    removed = request.store.delete_service(name)
+    removed = request.registry.store.delete_service(name)
     if removed:
         log.info("admin API: service %r unregistered", name)
     return removed
@@ -169,24 +169,24 @@ def unregister_service(request, name: Any) -> bool:
 
 def get_service_by_name(request, name: Any) -> Dict[str, Any]:
     """The service struct registered under ``name``, or ``{}`` when there is none."""
-    service = request.store.fetch_by_name(_require_str(name, "name"))
+    service = request.registry.store.fetch_by_name(_require_str(name, "name"))
     return service.as_struct() if service else {}
 
 
 def get_service_by_url(request, url: Any) -> Dict[str, Any]:
     """The service struct registered with exactly ``url`` (first by name), or ``{}``."""
-    service = request.store.fetch_by_url(_require_str(url, "url"))
+    service = request.registry.store.fetch_by_url(_require_str(url, "url"))
     return service.as_struct() if service else {}
 
 
 def list_services(request) -> List[Dict[str, Any]]:
     """Every registered service struct, sorted by name."""
-    return [service.as_struct() for service in request.store.list_services()]
+    return [service.as_struct() for service in request.registry.store.list_services()]
 
 
 def clear_services(request) -> bool:
     """Remove every registered service. Returns True."""
-    count = request.store.clear_services()
+    count = request.registry.store.clear_services()
     log.info("admin API: all services removed (%d)", count)
     return True
 

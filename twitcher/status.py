@@ -28,7 +28,7 @@ def home(request) -> dict:
 def health(request) -> dict:
     """200 when the store answers, 503 when it does not, so a balancer can take us out."""
     try:
-        request.store.ping()
+        request.registry.store.ping()
     except StoreUnavailable:
         request.response.status = 503
         return {"status": "unavailable", "store": "unavailable", "version": __version__}

@@ -212,9 +212,10 @@ class OWSSecurity:
         query_tokens = token_params(environ.get("QUERY_STRING", ""))
         token = _token_of(environ, query_tokens)
 
+        store = request.registry.store
         service = None
         if target.kind == PROXY:
-            service = request.store.fetch_by_name(target.service_name) if _valid_name(target.service_name) else None
+            service = store.fetch_by_name(target.service_name) if _valid_name(target.service_name) else None
             if service is None:
                 raise UnknownService(target.service_name)
             setattr(request, SERVICE_ATTR, service)
@@ -234,7 +235,7 @@ class OWSSecurity:
             return
         if token is None:
             raise AccessDenied("An access token is required for this request.")
-        record = check_token(request.store.fetch_token(token_digest(token)))
+        record = check_token(store.fetch_token(token_digest(token)))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("token %s accepted for %s", fingerprint(token), request.path_info)
         if target.kind == WPS and record.environ:

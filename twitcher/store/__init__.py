@@ -1,7 +1,8 @@
 """The token and service store, chosen by the URL scheme of ``twitcher.db_url``.
 
 The store is built once at include time and kept in the registry; requests reach it through
-``request.store``. Backends are imported lazily so that one missing driver does not break the other.
+``request.registry.store`` (a plain attribute: a reified request method would make Pyramid
+build a new class for every request). Backends are imported lazily so that one missing driver does not break the other.
 """
 from __future__ import annotations
 
@@ -23,10 +24,5 @@ def open_store(db_url: str) -> Store:
     raise ValueError(f"no store backend for {db_url!r}")
 
 
-def _request_store(request) -> Store:
-    return request.registry.store
-
-
 def includeme(config) -> None:
     config.registry.store = open_store(config.registry.twitcher.db_url)
-    config.add_request_method(_request_store, "store", reify=True)
