@@ -71,12 +71,12 @@ def is_ows_request(request) -> bool:
     return path_is_under(request.path_info, request.registry.twitcher.protected_path)
 
 
-def _http_error_as_ows(exc: HTTPException) -> OWSException:
+def _http_error_as_ows(exc: HTTPException, method: str) -> OWSException:
     if exc.code == 404:
         return OWSException("No OWS endpoint at this path.", locator="path", status=404)
     if exc.code == 405:
-        return OperationNotSupported(f"The HTTP method is not supported here: {exc.detail or ''}".strip(),
-                                     locator="method", status=405)
+        return OperationNotSupported(f"The HTTP method {method} is not supported here.", locator=method,
+                                     status=405)
     if exc.code == 413:
         return OWSException("The request body is too large.", status=413)
     if exc.code < 500:
@@ -101,7 +101,7 @@ def store_unavailable_view(exc, request) -> Response:
 def http_exception_view(exc, request):
     """Pyramid's own HTTP errors (404, 405, ...) as ExceptionReports under the protected path."""
     if is_ows_request(request) and exc.code >= 400:
-        return ows_exception_response(_http_error_as_ows(exc))
+        return ows_exception_response(_http_error_as_ows(exc, request.method))
     return exc
 
 

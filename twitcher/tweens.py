@@ -191,7 +191,7 @@ class OWSSecurity:
         environ = request.environ
         method = environ["REQUEST_METHOD"]
         if method not in _ALLOWED_METHODS:
-            raise OperationNotSupported(f"The HTTP method {method} is not supported here.", locator="method",
+            raise OperationNotSupported(f"The HTTP method {method} is not supported here.", locator=method,
                                         status=405)
         query_string = environ.get("QUERY_STRING", "")
         if target.extra or target.kind == OTHER:
