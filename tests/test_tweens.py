@@ -278,16 +278,19 @@ def test_execute_without_a_token_is_refused_and_never_handled(app, recorder):
     assert not recorder.calls
 
 
+def carrying(token: str, source: str, query: str, first: bool = False):
+    """The query string and headers of a request whose token comes from ``source``: a header
+    (``header``, ``bearer``) or the query parameter of that name, put first or last."""
+    if source == "header":
+        return query, {"Access-Token": token}
+    if source == "bearer":
+        return query, {"Authorization": f"Bearer {token}"}
+    return (f"{source}={token}&{query}" if first else f"{query}&{source}={token}"), {}
+
+
 @pytest.mark.parametrize("source", ["access_token", "token", "ACCESS_TOKEN", "header", "bearer"])
 def test_execute_with_a_valid_token_from_each_source_passes_without_it(app, recorder, token, source):
-    headers = {}
-    query = EXECUTE
-    if source == "header":
-        headers["Access-Token"] = token
-    elif source == "bearer":
-        headers["Authorization"] = f"Bearer {token}"
-    else:
-        query = f"{source}={token}&{EXECUTE}"
+    query, headers = carrying(token, source, EXECUTE, first=True)
     app.get(f"/ows/proxy/emu?{query}", headers=headers)
     seen = recorder.last
     assert seen["query"] == EXECUTE
@@ -594,13 +597,7 @@ def test_real_app_looks_the_service_up_once_per_proxied_request(proxied, monkeyp
 @pytest.mark.parametrize("source", ["access_token", "token", "header", "bearer"])
 def test_real_app_forwards_execute_with_a_token_from_each_source_and_never_the_token(proxied, source):
     app, backend, token = proxied
-    headers, query = {}, EXECUTE
-    if source == "header":
-        headers["Access-Token"] = token
-    elif source == "bearer":
-        headers["Authorization"] = f"Bearer {token}"
-    else:
-        query = f"{EXECUTE}&{source}={token}"
+    query, headers = carrying(token, source, EXECUTE)
     assert app.get(f"/ows/proxy/emu?{query}", headers=headers).text == "backend answered"
     assert backend.seen[-1]["query"] == EXECUTE
     assert token not in repr(backend.seen[-1])
