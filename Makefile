@@ -36,6 +36,7 @@ docs: install ## build the Sphinx documentation, warnings as errors
 
 bench: install ## run the proxy benchmark on 127.0.0.1, needs wrk (BENCH_ARGS="--profile 8" adds py-spy profiles)
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -qq wrk
+	$(BIN)/pip install --quiet -e ".[bench,uwsgi]"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean: ## remove the virtualenv, build output and local databases

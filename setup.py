@@ -28,6 +28,9 @@ extras = {
     ],
     "docs": ["sphinx>=7.4"],  # 7.4: the confval directive of docs/configuration.rst
     "prod": ["gunicorn>=21"],
+    # The faster application server (a C extension, compiled at install: needs gcc and the Python
+    # headers): `uwsgi --paste config:production.ini ...`, see docs/deployment.rst.
+    "uwsgi": ["uWSGI>=2.0.21"],
     # Profiling the proxy under load: `make bench BENCH_ARGS="--profile 8"` (bench/run.py).
     "bench": ["py-spy>=0.3", "requests>=2.28"],
 }

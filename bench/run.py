@@ -103,17 +103,29 @@ def listening_socket() -> socket.socket:
     return sock
 
 
-class Server:
-    """A gunicorn master in its own process group, so that stopping it stops its workers too."""
+def _server_command(kind: str, fd: int) -> List[str]:
+    """The start of the command line of a ``kind`` server listening on the inherited ``fd``."""
+    if kind == "uwsgi":
+        return [str(Path(sys.executable).with_name("uwsgi")), "--http-socket", f"fd://{fd}", "--master",
+                "--need-app", "--die-on-term", "--lazy-apps", "--disable-logging"]
+    return [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}"]
 
-    def __init__(self, name: str, args: Sequence[str], sock: socket.socket, logdir: Path, env: Dict[str, str]):
+
+class Server:
+    """A gunicorn or uWSGI master in its own process group, so that stopping it stops its workers too.
+
+    Both get the listening socket as an inherited file descriptor (``fd://N``), so no port race.
+    """
+
+    def __init__(self, name: str, args: Sequence[str], sock: socket.socket, logdir: Path, env: Dict[str, str],
+                 kind: str = "gunicorn"):
         self.name = name
         self.port = sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.logfile = logdir / f"{name}.log"
         with open(self.logfile, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--bind", f"fd://{sock.fileno()}", *args],
+                _server_command(kind, sock.fileno()) + list(args),
                 pass_fds=(sock.fileno(),), start_new_session=True, cwd=ROOT, env=env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         sock.close()  # the child holds the listener now
@@ -611,6 +623,7 @@ def evaluate(results: dict) -> List[dict]:
 def markdown(results: dict) -> str:
     """The tables of ``latest.md`` and of the docs page."""
     lines = [f"Run {results['started']} on {results['machine']['cores']} cores ({results['machine']['cpu']}), "
+             f"Twitcher on {results['settings'].get('twitcher_server', 'gunicorn')}, "
              f"{results['settings']['connections']} connections, {results['settings']['rounds']} rounds of "
              f"{results['settings']['duration']} s; medians of the rounds, ratio: median of the per-round ratios.",
              ""]
@@ -688,6 +701,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="store sizes for the token-check cost, comma-separated")
     parser.add_argument("--token-lookups", type=int, default=20000, help="timed lookups per store size")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of each server (default 2)")
+    parser.add_argument("--twitcher-server", choices=("gunicorn", "uwsgi"), default="uwsgi",
+                        help="the server of Twitcher (default uwsgi, from the uwsgi extra; or gunicorn)")
     parser.add_argument("--twitcher-worker-class", default="gthread",
                         help="gunicorn worker class of Twitcher: gthread (default) or gevent")
     parser.add_argument("--twitcher-threads", type=int, default=8, help="threads per Twitcher worker")
@@ -729,9 +744,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         tw_sock = listening_socket()
         ini = twitcher_ini(workdir, tw_sock.getsockname()[1], db_url)
-        twitcher = Server("twitcher", ["--workers", str(args.workers), "--worker-class", args.twitcher_worker_class,
-                                       "--threads", str(args.twitcher_threads), "twitcher.wsgi:application"],
-                          tw_sock, workdir, {**env, "TWITCHER_INI": str(ini)})
+        if args.twitcher_server == "uwsgi":
+            tw_args = ["--paste", f"config:{ini}", "--paste-logger", "--processes", str(args.workers),
+                       "--threads", str(args.twitcher_threads)]
+        else:
+            tw_args = ["--workers", str(args.workers), "--worker-class", args.twitcher_worker_class,
+                       "--threads", str(args.twitcher_threads), "twitcher.wsgi:application"]
+        twitcher = Server("twitcher", tw_args, tw_sock, workdir, {**env, "TWITCHER_INI": str(ini)},
+                          kind=args.twitcher_server)
         stack.callback(twitcher.stop)
         body_file = workdir / "execute.xml"
         body_file.write_bytes(POST_EXECUTE)

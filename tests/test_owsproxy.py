@@ -131,6 +131,16 @@ def test_request_body_is_whole_whether_or_not_the_tween_read_it(tween_read_it):
         assert request.body == payload
     body = request_body(request, limit=1 << 20)
     assert len(body) == len(payload)
+    assert (body if isinstance(body, bytes) else b"".join(body)) == payload
+
+
+def test_a_body_still_in_the_client_socket_is_streamed_not_read_whole():
+    payload = os.urandom(150_000)
+    request = Request.blank("/ows/proxy/x", method="POST")
+    request.environ.update({"wsgi.input": io.BytesIO(payload), "CONTENT_LENGTH": str(len(payload)),
+                            "webob.is_body_seekable": False})
+    body = request_body(request, limit=1 << 20)
+    assert isinstance(body, BoundedBody) and len(body) == len(payload)
     assert b"".join(body) == payload
 
 

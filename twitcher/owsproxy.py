@@ -255,14 +255,16 @@ class SizedBody(BoundedBody):
 
 
 def request_body(request: Request, limit: int) -> Union[BoundedBody, bytes]:
-    """The body to forward, streamed; works whether or not the tween has read it already."""
+    """The body to forward: streamed from the client, or the bytes the tween has read already."""
     length = request.content_length
     if length is not None and length > limit:
         raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
     if length == 0 or not request.is_body_readable:
         return b""
     if request.is_body_seekable:
-        request.body_file_raw.seek(0)  # the tween parsed it: start again from the first byte
+        # The tween read it (bounded) to parse it: it is in memory already, and one buffer goes
+        # out with the request line and headers in a single send instead of chunk by chunk.
+        return request.body
     if length is None:
         return BoundedBody(request.body_file, limit)
     return SizedBody(request.body_file, limit, length)
