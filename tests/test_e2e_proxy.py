@@ -164,6 +164,16 @@ def test_sync_execute_by_get_keeps_the_query_string_byte_for_byte(proxy_url, tok
     assert [r.query for r in _requests_since(wps, mark)] == [query]
 
 
+def test_owslib_with_the_token_in_the_path_runs_execute_and_the_backend_sees_neither(proxy_url, token, backend):
+    wps, _ = backend
+    mark = len(wps.requests)
+    execution = _wps(f"{proxy_url}/{token}").execute("hello", [("name", "path")], mode=SYNC)
+    assert execution.processOutputs[0].data == ["Hello path"]
+    seen = _requests_since(wps, mark)
+    assert [r.path for r in seen] == ["/wps"]
+    assert token not in seen[0].query and token.encode() not in seen[0].body
+
+
 def test_execute_without_token_is_refused_and_never_reaches_the_backend(proxy_url, backend):
     wps, _ = backend
     mark = len(wps.requests)

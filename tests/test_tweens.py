@@ -14,7 +14,7 @@ from pyramid.tweens import EXCVIEW
 from twitcher.exceptions import InvalidParameterValue, MalformedRequest, RequestTooLarge, StoreUnavailable
 from twitcher.owsexceptions import OWS_NS
 from twitcher.services import Service
-from twitcher.tokens import AccessToken, new_token, utcnow
+from twitcher.tokens import AccessToken, new_token, token_digest, utcnow
 from twitcher.tweens import OTHER, PROXY, WPS, Target, extract_token, read_body, resolve_target
 
 EXECUTE = "service=WPS&request=Execute&version=1.0.0&identifier=hello&DataInputs=a=1;b=2"
@@ -672,3 +672,45 @@ def test_real_app_with_a_public_service_forwards_everything(make_app, store, bac
     app.get(f"/ows/proxy/open?{EXECUTE}")
     app.get("/ows/proxy/open/outputs/a.nc")
     assert [seen["query"] for seen in recorder.seen] == [EXECUTE, ""]
+
+
+# -- the token in the path (the 0.3/0.4 URL form) --------------------------------------------
+
+def test_token_as_last_path_segment_passes_and_reaches_the_service_root(app, recorder, token):
+    app.get(f"/ows/proxy/emu/{token}?{EXECUTE}")
+    seen = recorder.last
+    assert seen["environ"]["PATH_INFO"] == "/ows/proxy/emu"
+    assert seen["query"] == EXECUTE
+    assert token not in repr(seen["environ"])
+
+
+def test_token_in_the_path_of_the_internal_wps_brings_its_environ(app, recorder, token):
+    app.get(f"/ows/wps/{token}?{EXECUTE}")
+    assert recorder.last["environ"]["PATH_INFO"] == "/ows/wps"
+    assert recorder.last["environ"]["DATA_USER"] == "alice"
+
+
+def test_revoked_token_in_the_path_is_refused_with_the_reason(app, recorder, token):
+    app.app.registry.store.revoke_token(token_digest(token))
+    refused = app.get(f"/ows/proxy/emu/{token}?{EXECUTE}", status=401)
+    assert "revoked" in text_of(assert_report(refused, 401, "NoApplicableCode", "access_token"))
+    assert recorder.calls == []
+
+
+@pytest.mark.parametrize("segment", ["jobs", "a" * 43, "outputs"])
+def test_a_segment_that_is_no_known_token_stays_an_extra_path_needing_a_token(app, recorder, segment):
+    assert_report(app.get(f"/ows/proxy/emu/{segment}?{EXECUTE}", status=401), 401, "NoApplicableCode", "access_token")
+    assert recorder.calls == []
+
+
+def test_a_known_token_deeper_in_the_path_is_not_taken_for_one(app, recorder, token):
+    app.get(f"/ows/proxy/emu/outputs/{token}", status=401)
+    assert recorder.calls == []
+
+
+def test_path_token_and_a_different_query_token_are_refused(app, recorder, token):
+    other, record = new_token(1)
+    app.app.registry.store.save_token(record)
+    refused = app.get(f"/ows/proxy/emu/{token}?{EXECUTE}&access_token={other}", status=400)
+    assert_report(refused, 400, "InvalidParameterValue", "access_token")
+    assert recorder.calls == []

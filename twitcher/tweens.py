@@ -8,7 +8,8 @@ WSGI environ, then call the handler. Every refusal is an exception rendered by
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import List, Optional
 
 from pyramid.tweens import EXCVIEW
@@ -47,6 +48,8 @@ SERVICE_ATTR = "ows_service"
 OTHER = "other"
 _READ_CHUNK = 64 * 1024
 _ALLOWED_METHODS = ("GET", "HEAD", "POST")
+#: What a token in the path may look like: ``secrets.token_urlsafe`` output (ours is 43 characters).
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,128}")
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,22 @@ def read_body(request, limit: int) -> bytes:
     return body
 
 
+def take_path_token(environ: dict, root: str, store) -> Optional[str]:
+    """The token of the 0.3/0.4 URL form ``<service root>/<token>``, removed from ``PATH_INFO``.
+
+    That form shares its shape with an extra path of one segment (``/proxy/emu/jobs``), so a
+    segment counts as a token only when it has a token's shape *and* the store knows its digest
+    (usable, revoked or expired: the check that follows says which). The segment is then cut off
+    the path before routing, so the request reaches the service root and the token is never
+    forwarded. Anything else stays an extra path, which needs a token of its own.
+    """
+    head, _, segment = environ.get("PATH_INFO", "").rpartition("/")
+    if head != root or not _TOKEN_SHAPE.fullmatch(segment) or store.fetch_token(token_digest(segment)) is None:
+        return None
+    environ["PATH_INFO"] = head
+    return segment
+
+
 class OWSSecurity:
     """The access decision for one protected request; built once per application."""
 
@@ -207,12 +226,18 @@ class OWSSecurity:
 
     def check(self, request, target: Target) -> None:
         """Raise unless ``request`` may reach its handler; clean its environ when it may."""
+        store = request.registry.store
+        path_token = None
+        if target.extra and target.kind != OTHER:
+            root = f"{self.prefix}/{PROXY}/{target.service_name}" if target.kind == PROXY else f"{self.prefix}/{WPS}"
+            path_token = take_path_token(request.environ, root, store)
+        if path_token is not None:
+            target = replace(target, extra=False)
         ows = self.parse(request, target)
         environ = request.environ
         query_tokens = token_params(environ.get("QUERY_STRING", ""))
-        token = _token_of(environ, query_tokens)
+        token = _token_of(environ, query_tokens + ([path_token] if path_token else []))
 
-        store = request.registry.store
         service = None
         if target.kind == PROXY:
             service = store.fetch_by_name(target.service_name) if _valid_name(target.service_name) else None
