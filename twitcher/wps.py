@@ -30,6 +30,7 @@ from pyramid.request import Request
 from pyramid.response import FileResponse, Response
 
 from .exceptions import ConfigurationError, OperationNotSupported, OWSException
+from .owsrequest import xml_parser
 from .settings import TwitcherSettings
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ FORKING_MODES = ("default", "multiprocessing", "detachprocessing")
 #: How often, and how far apart in seconds, a status document caught mid-write is read again.
 STATUS_READ_ATTEMPTS = 20
 STATUS_READ_PAUSE = 0.025
-_STATUS_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
 def token_environ(wps_request, keys: Iterable[str]) -> Mapping[str, str]:
@@ -217,7 +217,8 @@ def read_status_document(path: Path, attempts: int = STATUS_READ_ATTEMPTS) -> by
     for attempt in range(attempts):
         data = path.read_bytes()
         try:
-            etree.fromstring(data, _STATUS_PARSER)
+            # The hardened per-thread parser: lxml parsers must not be shared between threads.
+            etree.fromstring(data, xml_parser())
             return data
         except etree.XMLSyntaxError:
             if attempt + 1 < attempts:
