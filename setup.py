@@ -9,7 +9,7 @@ requires = [
     "pyramid>=2.0,<3",
     "pyramid_rpc>=0.8",
     "pymongo>=4,<5",
-    "urllib3>=2,<3",  # the proxy's HTTP client (twitcher/owsproxy.py)
+    "pycurl>=7.45.3",  # the proxy's HTTP client, libcurl (twitcher/upstream.py); 7.45.3: Linux wheels
     "lxml>=4.9",
     "waitress>=2.1",
 ]

@@ -71,9 +71,9 @@ def serve_twitcher(settings: Dict[str, str]) -> Iterator[str]:
             yield base_url
         finally:
             # Let backends' servers stop at once instead of waiting for pooled keep-alive connections.
-            sessions = getattr(late.app.registry, "owsproxy_sessions", None)
-            if sessions is not None:
-                sessions.close()
+            upstream = getattr(late.app.registry, "upstream", None)
+            if upstream is not None:
+                upstream.close()
 
 
 def wait_until_up(base_url: str, path: str = "/", timeout: float = START_TIMEOUT) -> None:

@@ -29,25 +29,20 @@ too slow 504, request body too large 413.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import threading
+import zlib
 from itertools import chain
 from typing import IO, Iterable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import urllib3
 from pyramid.request import Request
 from pyramid.response import Response
-from urllib3.exceptions import HTTPError, NewConnectionError, ReadTimeoutError
-from urllib3.exceptions import TimeoutError as UpstreamTimeout
 
 from .exceptions import (
     BadGateway,
     GatewayTimeout,
     InvalidParameterValue,
     OperationNotSupported,
-    OWSException,
     RequestTooLarge,
     UnknownService,
 )
@@ -56,18 +51,13 @@ from .services import Service
 from .settings import TwitcherSettings
 from .tokens import strip_token_params
 from .tweens import SERVICE_ATTR
+from .upstream import Exchange, Upstream, UpstreamBroken, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
 #: Bytes of a request body read from the client at a time, and of a document read for rewriting.
 CHUNK_SIZE = 64 * 1024
-#: Bytes of a streamed answer passed on at a time. Each chunk costs a few Python calls and a
-#: ``send`` of the WSGI server, so larger chunks stream faster (64 KiB: ~0.3 of the backend's
-#: MB/s in ``make bench``); 256 KiB keeps a hundred parallel downloads within ~26 MB.
-STREAM_CHUNK_SIZE = 256 * 1024
 ALLOWED_METHODS = ("GET", "HEAD", "POST")
-#: Connections kept per backend host; more parallel requests open extra, unpooled connections.
-POOL_MAXSIZE = 32
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -84,54 +74,10 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Characters left as they are when a decoded extra path is encoded again for the backend.
 _PATH_SAFE = "/!$&'()*+,;=:@~"
-
-
-class UpstreamPool:
-    """One urllib3 ``PoolManager`` per process, created lazily and again after a fork.
-
-    urllib3 rather than ``requests``: the proxy needs none of what ``requests`` adds (cookies,
-    redirects, environment proxies, ``.netrc``) and that layer cost more CPU per request than the
-    HTTP exchange itself. A manager made before gunicorn forks its workers would share sockets
-    between processes; the pid check gives every worker its own. Kept in the registry as
-    ``registry.owsproxy_sessions`` (the name predates urllib3; ``tests/servers.py`` closes it).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pid: Optional[int] = None
-        self._manager: Optional[urllib3.PoolManager] = None
-
-    def get(self) -> urllib3.PoolManager:
-        pid = os.getpid()
-        if self._pid != pid:
-            with self._lock:
-                if self._pid != pid:
-                    self._manager = _new_manager()
-                    self._pid = pid
-        return self._manager
-
-    def close(self) -> None:
-        with self._lock:
-            if self._manager is not None and self._pid == os.getpid():
-                self._manager.clear()
-            self._manager, self._pid = None, None
-
-
-def _new_manager() -> urllib3.PoolManager:
-    # No retries (a POST must not be sent twice) and no redirects (the client follows them,
-    # through the proxy); no default headers: a backend gets exactly the headers chosen here.
-    return urllib3.PoolManager(num_pools=16, maxsize=POOL_MAXSIZE, block=False, retries=False)
-
-
-def _tls_options(verify: Union[bool, str]) -> dict:
-    """urllib3 pool options for a service's ``verify``: each distinct value gets its own pools."""
-    if verify is False:
-        return {"cert_reqs": "CERT_NONE"}
-    if verify is True:
-        return {"cert_reqs": "CERT_REQUIRED"}  # the system's trust store
-    if os.path.isdir(verify):
-        return {"cert_reqs": "CERT_REQUIRED", "ca_cert_dir": verify}
-    return {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify}
+# What a query string may hold on the wire (RFC 3986 query characters, and % of escapes). Anything
+# else (space, quotes, a literal #, non-ASCII bytes) is percent-encoded, as browsers do.
+_QUERY_SAFE = "/?!$&'()*+,;=:@~%"
+_QUERY_UNSAFE = re.compile(r"[^A-Za-z0-9\-._~/?!$&'()*+,;=:@%]")
 
 
 def _safe_relative_path(extra_path: str) -> str:
@@ -169,7 +115,21 @@ def target_url(service_url: str, query_string: str, extra_path: Optional[str] = 
         path, query = directory + _safe_relative_path(extra_path), client_query
     else:
         path, query = parts.path, "&".join(q for q in (parts.query, client_query) if q)
-    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+    return urlunsplit((parts.scheme, parts.netloc, path, _wire_query(query), ""))
+
+
+def _wire_query(query: str) -> str:
+    """``query`` with the bytes no URL may carry percent-encoded, every other byte as it was.
+
+    A WSGI query string is bytes decoded as latin-1: they are encoded back before escaping.
+    """
+    if not _QUERY_UNSAFE.search(query):
+        return query
+    try:
+        raw = query.encode("latin-1")
+    except UnicodeEncodeError:  # not from a WSGI server: text beyond latin-1 goes as UTF-8
+        raw = query.encode("utf-8")
+    return quote(raw, safe=_QUERY_SAFE)
 
 
 def _connection_tokens(headers: Iterable[Tuple[str, str]]) -> set:
@@ -270,41 +230,24 @@ def request_body(request: Request, limit: int) -> Union[BoundedBody, bytes]:
     return SizedBody(request.body_file, limit, length)
 
 
-def send(manager: urllib3.PoolManager, method: str, url: str, headers: List[Tuple[str, str]],
+def send(upstream: Upstream, method: str, url: str, headers: List[Tuple[str, str]],
          body: Union[BoundedBody, bytes, None], verify: Union[bool, str],
-         timeout: Tuple[float, float]) -> urllib3.BaseHTTPResponse:
-    """Send the request upstream, the answer not yet read; backend failures become OWS errors.
+         timeout: Tuple[float, float]) -> Exchange:
+    """Send the request upstream and wait for the answer's headers; failures become OWS errors.
 
     A :class:`SizedBody` goes out with its ``Content-Length``, a :class:`BoundedBody` of unknown
     length chunked; both are streamed, never held whole in memory.
     """
-    headers = dict(_merge(headers))
-    if isinstance(body, SizedBody):
-        headers["Content-Length"] = str(body.length)
-    parts = urlsplit(url)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        pool = manager.connection_from_host(parts.hostname, parts.port, parts.scheme, pool_kwargs=_tls_options(verify))
-        return pool.urlopen(method, target, body=body, headers=headers, retries=False, redirect=False,
-                            assert_same_host=False, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
-                            preload_content=False, decode_content=False)
-    except RequestTooLarge:
-        raise
-    except NewConnectionError as exc:  # urllib3 files a refused connection under timeouts: it is not one
-        raise _unreachable(url, body, exc) from None
+        return upstream.exchange(method, url, list(_merge(headers)), body, verify, timeout)
     except UpstreamTimeout as exc:
-        log.warning("backend %s did not answer in time: %s", _loggable(url), type(exc).__name__)
+        log.warning("backend %s did not answer in time: %s", _loggable(url), exc.detail)
         raise GatewayTimeout("The service did not answer in time.") from None
-    except (HTTPError, OSError) as exc:
-        raise _unreachable(url, body, exc) from None
-
-
-def _unreachable(url: str, body: Union[BoundedBody, bytes, None], exc: Exception) -> OWSException:
-    """The error for a failed exchange: 413 when our own body limit broke it off, else 502."""
-    if isinstance(body, BoundedBody) and body.exceeded:
-        return RequestTooLarge(f"The request body is larger than {body.limit} bytes.")
-    log.warning("backend %s unreachable: %s", _loggable(url), type(exc).__name__)
-    return BadGateway("The service is not reachable.")
+    except UpstreamError as exc:
+        if isinstance(exc.cause, RequestTooLarge) or (isinstance(body, BoundedBody) and body.exceeded):
+            raise RequestTooLarge(f"The request body is larger than {body.limit} bytes.") from None
+        log.warning("backend %s unreachable: %s", _loggable(url), exc.detail)
+        raise BadGateway("The service is not reachable.") from None
 
 
 def _merge(headers: List[Tuple[str, str]]) -> Iterator[Tuple[str, str]]:
@@ -329,8 +272,7 @@ class StreamedBody:
     abandoned download does not keep a backend connection busy.
     """
 
-    def __init__(self, upstream: urllib3.BaseHTTPResponse, url: str, chunks: Iterable[bytes],
-                 prefix: Iterable[bytes] = ()):
+    def __init__(self, upstream: Exchange, url: str, chunks: Iterable[bytes], prefix: Iterable[bytes] = ()):
         self.upstream = upstream
         self.url = url
         self.chunks = chain(prefix, chunks)
@@ -338,24 +280,35 @@ class StreamedBody:
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self.chunks
-        except (HTTPError, OSError) as exc:
+        except (UpstreamError, zlib.error) as exc:
             # The status line is sent already: all that is left is to break the connection so
             # that the client sees a truncated answer rather than a complete-looking one.
-            log.warning("backend %s broke off while streaming: %s", _loggable(self.url), type(exc).__name__)
+            log.warning("backend %s broke off while streaming: %s", _loggable(self.url), exc)
             raise
 
     def close(self) -> None:
-        finish(self.upstream)
+        self.upstream.close()
 
 
-def finish(upstream: urllib3.BaseHTTPResponse) -> None:
-    """Let go of an answer: a connection read to the end goes back to the pool, any other is closed.
-
-    urllib3 returns a connection to its pool by itself once the body was read to the end; closing
-    first makes sure a half-read one is never reused with the rest of an old body in it.
-    """
-    upstream.close()
-    upstream.release_conn()
+def _decoded(chunks: Iterable[bytes], encoding: str) -> Iterator[bytes]:
+    """``chunks`` of a gzip or deflate body, decompressed in pieces of at most CHUNK_SIZE bytes,
+    so that a small compressed answer cannot blow up in memory before the rewrite limit stops it."""
+    # gzip: a gzip header; deflate: a zlib stream (RFC 9110), or a raw one from old servers.
+    decoder = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS | 32)
+    for chunk in chunks:
+        try:
+            piece = decoder.decompress(chunk, CHUNK_SIZE)
+        except zlib.error:
+            if encoding != "deflate":
+                raise
+            decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+            piece = decoder.decompress(chunk, CHUNK_SIZE)
+        while piece:
+            yield piece
+            piece = decoder.decompress(decoder.unconsumed_tail, CHUNK_SIZE) if decoder.unconsumed_tail else b""
+    tail = decoder.flush()
+    if tail:
+        yield tail
 
 
 def _read_up_to(chunks: Iterator[bytes], limit: int) -> Tuple[List[bytes], bool]:
@@ -369,55 +322,64 @@ def _read_up_to(chunks: Iterator[bytes], limit: int) -> Tuple[List[bytes], bool]
     return read, True
 
 
-def proxy_response(upstream: urllib3.BaseHTTPResponse, method: str, url: str, service_url: str, proxy_url: str,
+def _header(headers: List[Tuple[str, str]], name: str) -> Optional[str]:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, proxy_url: str,
                    rewrite_max_bytes: int) -> Response:
     """The answer to the client: status, end-to-end headers and the streamed, maybe rewritten body.
 
     ``method`` and ``url`` are those of the request sent upstream (``url`` for the log only).
     """
-    upstream_headers = upstream.headers
-    headers = forward_response_headers(upstream_headers.items(), service_url, proxy_url)
-    content_type = upstream_headers.get("Content-Type")
-    length = upstream_headers.get("Content-Length")
+    headers = forward_response_headers(upstream.headers, service_url, proxy_url)
+    content_type = _header(upstream.headers, "content-type")
+    length = _header(upstream.headers, "content-length")
     length = int(length) if length and length.isdigit() else None
-    encoded = upstream_headers.get("Content-Encoding", "identity").lower() != "identity"
-    status = f"{upstream.status} {upstream.reason or ''}".strip()
+    encoding = (_header(upstream.headers, "content-encoding") or "identity").strip().lower()
+    status = f"{upstream.status} {upstream.reason}".strip()
 
     if method == "HEAD":
         # No body to rewrite; a rewritten document's length is unknown until it is fetched.
-        finish(upstream)
+        upstream.close()
         if length is not None and not is_xml_media_type(content_type):
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=[])
 
-    if not is_xml_media_type(content_type) or (length is not None and length > rewrite_max_bytes):
+    rewritable = is_xml_media_type(content_type) and encoding in ("identity", "gzip", "x-gzip", "deflate")
+    if not rewritable or (length is not None and length > rewrite_max_bytes):
         if length is not None:
             headers.append(("Content-Length", str(length)))
-        chunks = upstream.stream(STREAM_CHUNK_SIZE, decode_content=False)
-        return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, chunks))
+        return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, upstream.chunks()))
 
     # An XML document small enough to rewrite: read it decoded (a compressed one is sent on
     # uncompressed), but never more than the limit, whatever Content-Length promised.
-    headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
-    chunks = upstream.stream(CHUNK_SIZE, decode_content=True)
     try:
-        read, complete = _read_up_to(chunks, rewrite_max_bytes)
-    except ReadTimeoutError:
-        finish(upstream)
+        if encoding == "identity":
+            read, complete = upstream.read_up_to(rewrite_max_bytes)
+            chunks: Iterator[bytes] = upstream.chunks()
+        else:
+            headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
+            chunks = _decoded(upstream.chunks(), encoding)
+            read, complete = _read_up_to(chunks, rewrite_max_bytes)
+    except UpstreamTimeout:
+        upstream.close()
         raise GatewayTimeout("The service did not answer in time.") from None
-    except (HTTPError, OSError) as exc:
-        finish(upstream)
-        log.warning("backend %s sent a broken answer: %s", _loggable(url), type(exc).__name__)
+    except (UpstreamBroken, UpstreamError, zlib.error) as exc:
+        upstream.close()
+        log.warning("backend %s sent a broken answer: %s", _loggable(url), exc)
         raise BadGateway("The service sent a broken answer.") from None
     if not complete:
-        if length is not None and not encoded:
+        if length is not None and encoding == "identity":
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, chunks, read))
-    finish(upstream)
+    upstream.close()
     body = rewrite_document(b"".join(read), service_url, proxy_url, charset_param(content_type))
     headers.append(("Content-Length", str(len(body))))
     return Response(status=status, headerlist=headers, app_iter=[body])
-
 
 def public_proxy_url(service: Service, settings: TwitcherSettings) -> str:
     """Where clients reach ``service``: its ``purl`` when registered with one, else through Twitcher."""
@@ -442,7 +404,7 @@ def owsproxy_view(request: Request) -> Response:
     # remote_addr, not client_addr: webob's client_addr believes what X-Forwarded-For claims.
     headers = forward_request_headers(request.headers.items(), request.remote_addr, request.scheme, request.host)
     body = request_body(request, settings.max_request_body) if request.method == "POST" else None
-    upstream = send(request.registry.owsproxy_sessions.get(), request.method, url, headers, body,
+    upstream = send(request.registry.upstream, request.method, url, headers, body,
                     service.verify, settings.proxy_timeout)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
@@ -454,7 +416,7 @@ def includeme(config) -> None:
     """Routes for the proxy under the protected path; any method reaches the view, which answers
     405 itself, because a route predicate mismatch would be a misleading 404."""
     prefix = config.registry.twitcher.protected_path
-    config.registry.owsproxy_sessions = UpstreamPool()
+    config.registry.upstream = Upstream()
     config.add_route("owsproxy", prefix + "/proxy/{service_name}")
     config.add_route("owsproxy_extra", prefix + "/proxy/{service_name}/{extra_path:.*}")
     config.add_view(owsproxy_view, route_name="owsproxy")

@@ -1,0 +1,203 @@
+"""The backend exchange on libcurl (twitcher/upstream.py), against real servers on 127.0.0.1."""
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.servers import serve_wsgi
+from twitcher.upstream import (
+    RECEIVE_BUFFER,
+    STREAM_BUFFER,
+    Upstream,
+    UpstreamBroken,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+TIMEOUT = (2.0, 5.0)
+BLOCK = bytes(range(256)) * 256  # 64 KiB
+
+
+class Recorder:
+    """Answers by path; remembers each request's method, raw path, headers and peer port."""
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def __call__(self, environ, start_response):
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        self.seen.append({"method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"],
+                          "uri": environ.get("REQUEST_URI") or environ.get("RAW_URI", ""),
+                          "port": environ.get("REMOTE_PORT"), "body": body,
+                          "headers": {k: v for k, v in environ.items() if k.startswith(("HTTP_", "CONTENT_"))}})
+        path = environ["PATH_INFO"]
+        if path == "/large":  # 32 MiB, streamed
+            start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                      ("Content-Length", str(512 * len(BLOCK)))])
+            return iter([BLOCK] * 512)
+        if path == "/stall":  # the headers and one block, then silence past the read timeout
+            start_response("200 OK", [("Content-Type", "application/octet-stream")])
+            return self._stall()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    @staticmethod
+    def _stall():
+        yield BLOCK
+        time.sleep(2.0)
+        yield BLOCK
+
+
+@pytest.fixture
+def recorder():
+    app = Recorder()
+    with serve_wsgi(app) as base_url:
+        app.seen.clear()
+        yield app, base_url
+
+
+@pytest.fixture
+def upstream():
+    up = Upstream()
+    yield up
+    up.close()
+
+
+def _fetch(upstream, url, method="GET", headers=(), body=None, timeout=TIMEOUT):
+    exchange = upstream.exchange(method, url, list(headers), body, True, timeout)
+    try:
+        return exchange.status, b"".join(exchange.chunks())
+    finally:
+        exchange.close()
+
+
+def test_keep_alive_connections_are_reused(upstream, recorder):
+    app, base_url = recorder
+    for _ in range(3):
+        assert _fetch(upstream, base_url + "/x") == (200, b"ok")
+    assert len({seen["port"] for seen in app.seen}) == 1
+
+
+def test_libcurl_adds_no_headers_of_its_own(upstream, recorder):
+    app, base_url = recorder
+    _fetch(upstream, base_url + "/x", headers=[("X-Mine", "1")])
+    _fetch(upstream, base_url + "/x", method="POST", body=b"<Execute/>")
+    get, post = app.seen
+    assert set(get["headers"]) == {"HTTP_HOST", "HTTP_X_MINE"}
+    assert set(post["headers"]) == {"HTTP_HOST", "CONTENT_LENGTH"}
+    assert post["body"] == b"<Execute/>"
+
+
+def test_the_path_goes_out_as_built_without_dot_segment_removal(upstream, recorder):
+    app, base_url = recorder
+    _fetch(upstream, base_url + "/a/./b/../c?q=1")
+    assert app.seen[0]["path"] == "/a/./b/../c"
+
+
+def test_proxies_from_the_environment_are_ignored(upstream, recorder, monkeypatch):
+    """The proxy talks to the registered URL only, never through an http_proxy it inherited."""
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert _fetch(upstream, recorder[1] + "/x") == (200, b"ok")
+
+
+def test_a_large_answer_arrives_whole_in_bounded_chunks(upstream, recorder):
+    exchange = upstream.exchange("GET", recorder[1] + "/large", [], None, True, TIMEOUT)
+    digest, sizes = hashlib.sha256(), []
+    for chunk in exchange.chunks():
+        digest.update(chunk)
+        sizes.append(len(chunk))
+    exchange.close()
+    assert sum(sizes) == 512 * len(BLOCK)
+    assert digest.digest() == hashlib.sha256(BLOCK * 512).digest()
+    assert max(sizes) <= STREAM_BUFFER + RECEIVE_BUFFER
+
+
+def test_a_slow_reader_pauses_the_transfer_instead_of_buffering_it(upstream, recorder):
+    exchange = upstream.exchange("GET", recorder[1] + "/large", [], None, True, TIMEOUT)
+    chunks = exchange.chunks()
+    next(chunks)
+    time.sleep(0.3)  # the backend goes on sending; only the socket buffers may fill
+    exchange._pump(lambda: False, block=False)
+    assert exchange._pending_bytes <= STREAM_BUFFER + RECEIVE_BUFFER
+    exchange.close()
+
+
+def test_silence_past_the_read_timeout_breaks_off_the_stream(upstream, recorder):
+    exchange = upstream.exchange("GET", recorder[1] + "/stall", [], None, True, (2.0, 0.5))
+    received = 0
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        for chunk in exchange.chunks():
+            received += len(chunk)
+    exchange.close()
+    assert received == len(BLOCK)
+    assert time.monotonic() - started < 1.8
+
+
+def test_an_answer_cut_short_is_broken_not_complete(upstream):
+    """Content-Length promises more than arrives before the backend closes the connection."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def serve_short():
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+
+        thread = threading.Thread(target=serve_short, daemon=True)
+        thread.start()
+        exchange = upstream.exchange("GET", f"http://127.0.0.1:{listener.getsockname()[1]}/", [], None, True,
+                                     TIMEOUT)
+        with pytest.raises(UpstreamBroken):
+            b"".join(exchange.chunks())
+        exchange.close()
+        thread.join(timeout=5)
+
+
+def test_a_closed_port_is_unreachable_at_once(upstream):
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnreachable):
+        upstream.exchange("GET", f"http://127.0.0.1:{port}/", [], None, True, TIMEOUT)
+    assert time.monotonic() - started < 1.0
+
+
+def test_an_answer_left_open_is_dropped_when_its_thread_starts_the_next(upstream, recorder):
+    app, base_url = recorder
+    abandoned = upstream.exchange("GET", base_url + "/large", [], None, True, TIMEOUT)
+    next(abandoned.chunks())
+    assert _fetch(upstream, base_url + "/x") == (200, b"ok")
+    assert app.seen[-1]["path"] == "/x"
+    assert app.seen[0]["port"] != app.seen[-1]["port"]  # the half-read connection was not reused
+
+
+def test_a_streamed_request_body_goes_out_whole(upstream, recorder):
+    app, base_url = recorder
+
+    class Sized(list):
+        def __len__(self):
+            return sum(len(part) for part in self)
+
+    assert _fetch(upstream, base_url + "/x", method="POST", body=Sized([b"a" * 70000, b"b" * 5])) == (200, b"ok")
+    assert app.seen[-1]["body"] == b"a" * 70000 + b"b" * 5
+
+
+def test_a_request_body_of_unknown_length_goes_out_chunked_and_whole(upstream, recorder):
+    app, base_url = recorder
+    parts = (part for part in [b"a" * 70000, b"", b"b" * 5])
+    assert _fetch(upstream, base_url + "/x", method="POST", body=parts) == (200, b"ok")
+    assert app.seen[-1]["body"] == b"a" * 70000 + b"b" * 5
