@@ -701,10 +701,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="store sizes for the token-check cost, comma-separated")
     parser.add_argument("--token-lookups", type=int, default=20000, help="timed lookups per store size")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of each server (default 2)")
+    parser.add_argument("--twitcher-workers", type=int, default=0,
+                        help="worker processes of Twitcher (default: as --workers)")
     parser.add_argument("--twitcher-server", choices=("gunicorn", "uwsgi"), default="uwsgi",
                         help="the server of Twitcher (default uwsgi, from the uwsgi extra; or gunicorn)")
     parser.add_argument("--twitcher-worker-class", default="gthread",
-                        help="gunicorn worker class of Twitcher: gthread (default) or gevent")
+                        help="gunicorn worker class of Twitcher: gthread (default) or sync; not gevent, which "
+                             "libcurl's blocking exchange would stall")
     parser.add_argument("--twitcher-threads", type=int, default=8, help="threads per Twitcher worker")
     parser.add_argument("--backend-threads", type=int, default=16, help="threads per backend worker")
     parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
@@ -744,11 +747,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         tw_sock = listening_socket()
         ini = twitcher_ini(workdir, tw_sock.getsockname()[1], db_url)
+        tw_workers = args.twitcher_workers or args.workers
         if args.twitcher_server == "uwsgi":
-            tw_args = ["--paste", f"config:{ini}", "--paste-logger", "--processes", str(args.workers),
+            tw_args = ["--paste", f"config:{ini}", "--paste-logger", "--processes", str(tw_workers),
                        "--threads", str(args.twitcher_threads)]
         else:
-            tw_args = ["--workers", str(args.workers), "--worker-class", args.twitcher_worker_class,
+            tw_args = ["--workers", str(tw_workers), "--worker-class", args.twitcher_worker_class,
                        "--threads", str(args.twitcher_threads), "twitcher.wsgi:application"]
         twitcher = Server("twitcher", tw_args, tw_sock, workdir, {**env, "TWITCHER_INI": str(ini)},
                           kind=args.twitcher_server)
@@ -759,7 +763,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           body_file=body_file)
         backend.wait_until_serving()
         twitcher.wait_until_serving()
-        twitcher_workers = twitcher.workers(args.workers)
+        twitcher_workers = twitcher.workers(tw_workers)
         print(f"backend {backend.base_url} (pid {backend.proc.pid}), Twitcher {twitcher.base_url} "
               f"(pid {twitcher.proc.pid}, workers {twitcher_workers}); logs in {workdir}", flush=True)
 

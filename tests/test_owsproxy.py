@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -23,6 +24,7 @@ from tests.servers import serve_wsgi
 from twitcher.exceptions import InvalidParameterValue, RequestTooLarge
 from twitcher.owsproxy import (
     BoundedBody,
+    environ_headers,
     forward_request_headers,
     forward_response_headers,
     proxy_response,
@@ -93,6 +95,14 @@ def test_credentials_hop_by_hop_and_ssl_headers_are_not_forwarded():
         ("Accept", "text/xml"), ("User-Agent", "OWSLib"), ("X-Custom", "kept"), ("Accept-Encoding", "identity"),
         ("X-Forwarded-For", "10.0.0.7"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "twitcher.example"),
     ]
+
+
+def test_environ_headers_are_the_headers_webob_sees():
+    request = Request.blank("/x", method="POST", body=b"abc", headers={
+        "X-Custom_Thing": "1", "Accept": "text/xml", "Content-Type": "text/xml", "Www-Authenticate": "x"})
+    request.environ["CONTENT_LENGTH"] = "3"
+    request.environ["wsgi.extra"] = "not a header"
+    assert sorted(environ_headers(request.environ)) == sorted(request.headers.items())
 
 
 def test_forwarded_for_extends_the_chain_and_accept_encoding_of_the_client_is_kept():
@@ -440,11 +450,20 @@ def tls_backend(tmp_path):
     thread.join(timeout=5)
 
 
-@pytest.mark.parametrize(("verify", "status"), [(True, 502), ("ca", 200), (False, 200)])
-def test_tls_verification_is_per_service(make_app, store, tls_backend, verify, status):
+@pytest.mark.parametrize(("verify", "status"), [(True, 502), ("ca", 200), ("ca-dir", 200), ("other-dir", 502),
+                                                (False, 200)])
+def test_tls_verification_is_per_service(make_app, store, tls_backend, tmp_path, verify, status):
     base_url, cert = tls_backend
-    store.save_service(service_from_registration(
-        base_url + "/wps", {"name": "tls", "verify": cert if verify == "ca" else verify}))
+    if verify in ("ca-dir", "other-dir"):  # a hashed CA directory (openssl rehash), with or without our CA
+        directory = tmp_path / verify
+        directory.mkdir()
+        if verify == "ca-dir":
+            (directory / "backend.pem").write_bytes(Path(cert).read_bytes())
+        subprocess.run(["openssl", "rehash", str(directory)], check=True, capture_output=True, timeout=60)
+        verify = str(directory)
+    elif verify == "ca":
+        verify = cert
+    store.save_service(service_from_registration(base_url + "/wps", {"name": "tls", "verify": verify}))
     answer = make_app(ows_security="false").get("/ows/proxy/tls", status=status)
     if status == 200:
         assert answer.body == b"hello"

@@ -92,6 +92,14 @@ def test_libcurl_adds_no_headers_of_its_own(upstream, recorder):
     assert post["body"] == b"<Execute/>"
 
 
+def test_empty_headers_go_out_empty_and_line_breaks_never_go_out(upstream, recorder):
+    app, base_url = recorder
+    _fetch(upstream, base_url + "/x", headers=[("X-Empty", ""), ("X-Evil", "a\r\nX-Injected: 1"), ("X-Fine", "b")])
+    headers = app.seen[0]["headers"]
+    assert headers["HTTP_X_EMPTY"] == "" and headers["HTTP_X_FINE"] == "b"
+    assert "HTTP_X_INJECTED" not in headers and "HTTP_X_EVIL" not in headers
+
+
 def test_the_path_goes_out_as_built_without_dot_segment_removal(upstream, recorder):
     app, base_url = recorder
     _fetch(upstream, base_url + "/a/./b/../c?q=1")

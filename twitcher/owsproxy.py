@@ -3,7 +3,8 @@
 Where a request goes. Only to the URL registered for the service, never to one taken from the
 request, so Twitcher is no open relay. The registered query string is kept and the client's query
 string is appended byte for byte (WPS ``DataInputs=a=1;b=2`` survives), minus the token parameters,
-which are stripped here even when the security tween did it already.
+which are stripped here even when the security tween did it already. Only bytes that no URL may
+carry (space, ``"``, ``<``, ``>``, ``#``, non-ASCII, ...) are percent-encoded on the way.
 
 The extra path. ``/ows/proxy/{name}/{extra_path}`` resolves ``extra_path`` as a relative reference
 against the registered URL (RFC 3986), because PyWPS and friends publish status documents and
@@ -138,6 +139,19 @@ def _connection_tokens(headers: Iterable[Tuple[str, str]]) -> set:
         if key.lower() == "connection":
             named.update(v.strip().lower() for v in value.split(",") if v.strip())
     return named
+
+
+def environ_headers(environ: dict) -> Iterator[Tuple[str, str]]:
+    """The client's request headers from a WSGI environ, named as WebOb names them.
+
+    Read straight from the environ: ``request.headers`` translates every environ key, which cost
+    a tenth of a proxied request's Python time.
+    """
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            yield key[5:].replace("_", "-").title(), value
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            yield key.replace("_", "-").title(), value
 
 
 def forward_request_headers(headers: Iterable[Tuple[str, str]], client_addr: Optional[str],
@@ -402,7 +416,8 @@ def owsproxy_view(request: Request) -> Response:
     settings: TwitcherSettings = request.registry.twitcher
     url = target_url(service.url, request.environ.get("QUERY_STRING", ""), request.matchdict.get("extra_path"))
     # remote_addr, not client_addr: webob's client_addr believes what X-Forwarded-For claims.
-    headers = forward_request_headers(request.headers.items(), request.remote_addr, request.scheme, request.host)
+    headers = forward_request_headers(environ_headers(request.environ), request.remote_addr, request.scheme,
+                                      request.host)
     body = request_body(request, settings.max_request_body) if request.method == "POST" else None
     upstream = send(request.registry.upstream, request.method, url, headers, body,
                     service.verify, settings.proxy_timeout)

@@ -134,7 +134,10 @@ def validate_environ(environ: Any) -> dict:
 
 
 def _param_name(pair: str) -> str:
-    return unquote_plus(pair.partition("=")[0]).strip().lower()
+    name = pair.partition("=")[0]
+    if "%" in name or "+" in name:  # unquote_plus is the costly part, and rarely needed
+        name = unquote_plus(name)
+    return name.strip().lower()
 
 
 def token_params(query_string: str) -> List[str]:

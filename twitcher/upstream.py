@@ -84,29 +84,41 @@ class UpstreamBroken(UpstreamError):
 
 def _ca_options(verify: Union[bool, str]) -> List[Tuple[int, object]]:
     """libcurl TLS options for a service's ``verify``: the trust store Python would use for True,
-    the given file or directory of CA certificates, or no verification for False."""
+    the given file or directory of CA certificates, or no verification for False.
+
+    A value of None unsets the option: the wheel's libcurl has a CA file of its own compiled in,
+    which must not be trusted beside a CA directory a service names.
+    """
     if verify is False:
         return [(pycurl.SSL_VERIFYPEER, 0), (pycurl.SSL_VERIFYHOST, 0)]
     options: List[Tuple[int, object]] = [(pycurl.SSL_VERIFYPEER, 1), (pycurl.SSL_VERIFYHOST, 2)]
     if verify is True:
-        # The wheel's libcurl has its own idea of where CA certificates live; use the system's,
-        # as Python's ssl module (and SSL_CERT_FILE / SSL_CERT_DIR) says.
+        # Use the system's trust store as Python's ssl module (and SSL_CERT_FILE / SSL_CERT_DIR)
+        # finds it, not where the wheel's libcurl was told it would be.
         paths = ssl.get_default_verify_paths()
-        if paths.cafile and os.path.isfile(paths.cafile):
-            options.append((pycurl.CAINFO, paths.cafile))
-        if paths.capath and os.path.isdir(paths.capath):
-            options.append((pycurl.CAPATH, paths.capath))
+        cafile = paths.cafile if paths.cafile and os.path.isfile(paths.cafile) else None
+        capath = paths.capath if paths.capath and os.path.isdir(paths.capath) else None
+        if cafile or capath:
+            options += [(pycurl.CAINFO, cafile), (pycurl.CAPATH, capath)]
     elif os.path.isdir(verify):
-        options.append((pycurl.CAPATH, verify))
+        options += [(pycurl.CAINFO, None), (pycurl.CAPATH, verify)]
     else:
-        options.append((pycurl.CAINFO, verify))
+        options += [(pycurl.CAINFO, verify), (pycurl.CAPATH, None)]
     return options
 
 
 def header_lines(headers: Sequence[Tuple[str, str]]) -> List[str]:
-    """``Name: value`` lines for libcurl, plus empty ones that stop it adding its own defaults."""
-    present = {name.lower() for name, _ in headers}
-    lines = [f"{name}: {value}" for name, value in headers]
+    """``Name: value`` lines for libcurl, plus empty ones that stop it adding its own defaults.
+
+    An empty value is written ``Name;`` (libcurl reads ``Name:`` as "remove"); a header with a line
+    break in it is dropped, so that nothing can smuggle a header of its own into the request.
+    """
+    lines, present = [], set()
+    for name, value in headers:
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+            continue
+        present.add(name.lower())
+        lines.append(f"{name}: {value}" if value else f"{name};")
     lines += [f"{name.title()}:" for name in _CURL_DEFAULT_HEADERS if name not in present]
     return lines
 
@@ -253,7 +265,10 @@ class Exchange:
         easy.setopt(pycurl.WRITEFUNCTION, self._on_data)
         if url.startswith("https:"):
             for option, value in _ca_options(verify):
-                easy.setopt(option, value)
+                if value is None:
+                    easy.unsetopt(option)
+                else:
+                    easy.setopt(option, value)
         if method == "HEAD":
             easy.setopt(pycurl.NOBODY, 1)
         elif method == "POST":
