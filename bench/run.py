@@ -106,8 +106,9 @@ def listening_socket() -> socket.socket:
 def _server_command(kind: str, fd: int) -> List[str]:
     """The start of the command line of a ``kind`` server listening on the inherited ``fd``."""
     if kind == "uwsgi":
-        return [str(Path(sys.executable).with_name("uwsgi")), "--http-socket", f"fd://{fd}", "--master",
-                "--need-app", "--die-on-term", "--lazy-apps", "--disable-logging"]
+        # --http11-socket: keep-alive, as wrk and gunicorn do it (--http-socket closes every connection).
+        return [str(Path(sys.executable).with_name("uwsgi")), "--http11-socket", f"fd://{fd}", "--http-auto-chunked",
+                "--master", "--need-app", "--die-on-term", "--lazy-apps", "--disable-logging"]
     return [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}"]
 
 
@@ -476,13 +477,17 @@ def measure_download(targets: Targets, args: argparse.Namespace, twitcher_worker
     result: Dict[str, object] = {"size_mb": size, "sha256_expected": expected}
     watch = RssWatch(twitcher_workers or [])
     speeds: Dict[str, List[float]] = {t: [] for t in bases}
+    cpu_ms: List[float] = []  # Twitcher worker CPU per 100 MB delivered
     for rnd in range(args.rounds):
         order = list(bases) if rnd % 2 == 0 else list(reversed(list(bases)))
         for target in order:
             url = bases[target] + path + (f"?access_token={targets.token}" if target == "twitcher" else "")
             cm = watch.watch() if target == "twitcher" else contextlib.nullcontext()
+            cpu_before = cpu_seconds(twitcher_workers) if target == "twitcher" else 0.0
             with cm:
                 seconds, nbytes, _ = download(url, verify=False)
+            if target == "twitcher":
+                cpu_ms.append(1000 * (cpu_seconds(twitcher_workers) - cpu_before) / (nbytes / 1e8))
             if nbytes != size * 1024 * 1024:
                 raise RuntimeError(f"{target} download delivered {nbytes} bytes instead of {size} MB")
             speeds[target].append(nbytes / 1e6 / seconds)
@@ -496,6 +501,7 @@ def measure_download(targets: Targets, args: argparse.Namespace, twitcher_worker
     if "twitcher" in speeds:
         result["ratio"] = statistics.median(t / d for d, t in zip(speeds["direct"], speeds["twitcher"]))
     if twitcher_workers:
+        result["twitcher_cpu_ms_per_100mb"] = round(statistics.median(cpu_ms), 1)
         result["twitcher_peak_rss_growth_mb"] = round(watch.growth_kib / 1024, 1)
         result["twitcher_peak_rss_mb"] = round(watch.peak_kib / 1024, 1)
         result["rss_samples"] = watch.samples
@@ -644,14 +650,14 @@ def markdown(results: dict) -> str:
                      f"{rows['ratio']:.2f} | {lat(direct)} | {lat(proxied)} | {cpu} |" if proxied else
                      f"| {scenario.label} | {direct['rps']:.0f} | - | - | {lat(direct)} | - | {cpu} |")
     dl = results["download"]
-    lines += ["", "| download | direct MB/s | Twitcher MB/s | ratio | Twitcher worker peak RSS growth | sha256 |",
-              "|---|---:|---:|---:|---:|---|"]
+    lines += ["", "| download | direct MB/s | Twitcher MB/s | ratio | Twitcher worker peak RSS growth "
+              "| Twitcher CPU ms per 100 MB | sha256 |", "|---|---:|---:|---:|---:|---:|---|"]
     if "twitcher_mb_s" in dl:
         lines.append(f"| {dl['size_mb']} MB | {dl['direct_mb_s']:.0f} | {dl['twitcher_mb_s']:.0f} | "
                      f"{dl['ratio']:.2f} | {dl['twitcher_peak_rss_growth_mb']:.1f} MB | "
-                     f"{'ok' if dl['twitcher_sha256_ok'] else 'WRONG'} |")
+                     f"{dl['twitcher_cpu_ms_per_100mb']:.0f} | {'ok' if dl['twitcher_sha256_ok'] else 'WRONG'} |")
     else:
-        lines.append(f"| {dl['size_mb']} MB | {dl['direct_mb_s']:.0f} | - | - | - | - |")
+        lines.append(f"| {dl['size_mb']} MB | {dl['direct_mb_s']:.0f} | - | - | - | - | - |")
     lines += ["", "| tokens in the store | fill s | fetch_token + check_token median µs | p99 µs |",
               "|---:|---:|---:|---:|"]
     for row in results["tokens"]:
