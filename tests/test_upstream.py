@@ -1,10 +1,12 @@
 """The backend exchange on libcurl (twitcher/upstream.py), against real servers on 127.0.0.1."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import socket
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -209,3 +211,20 @@ def test_a_request_body_of_unknown_length_goes_out_chunked_and_whole(upstream, r
     parts = (part for part in [b"a" * 70000, b"", b"b" * 5])
     assert _fetch(upstream, base_url + "/x", method="POST", body=parts) == (200, b"ok")
     assert app.seen[-1]["body"] == b"a" * 70000 + b"b" * 5
+
+
+def test_a_thread_s_handles_and_connections_go_with_the_thread(upstream, recorder):
+    """Servers that start a thread per connection must not pile up libcurl handles."""
+    states = []
+
+    def work():
+        assert _fetch(upstream, recorder[1] + "/x") == (200, b"ok")
+        states.append(weakref.ref(upstream._state()))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    gc.collect()
+    assert len(states) == 4 and all(state() is None for state in states)

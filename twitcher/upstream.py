@@ -27,6 +27,7 @@ import select
 import ssl
 import threading
 import time
+import weakref
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pycurl
@@ -163,13 +164,15 @@ class Upstream:
     """The backend exchanges of one Twitcher: a libcurl handle set per thread.
 
     Kept in the registry as ``registry.upstream``; :meth:`close` lets go of every cached
-    connection (tests call it so that their backends stop at once).
+    connection (tests call it so that their backends stop at once). A thread's handles live as
+    long as the thread: the registry of them is weak, so a server that starts a thread per
+    connection does not pile up handles and open backend connections.
     """
 
     def __init__(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._states: List[_ThreadState] = []
+        self._states: weakref.WeakSet[_ThreadState] = weakref.WeakSet()
 
     def _state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
@@ -178,7 +181,7 @@ class Upstream:
             # close them from here) and start afresh.
             state = self._local.state = _ThreadState()
             with self._lock:
-                self._states.append(state)
+                self._states.add(state)
         return state
 
     def exchange(self, method: str, url: str, headers: Sequence[Tuple[str, str]], body: Body,
@@ -196,7 +199,7 @@ class Upstream:
 
     def close(self) -> None:
         with self._lock:
-            states, self._states = self._states, []
+            states, self._states = list(self._states), weakref.WeakSet()
         pid = os.getpid()
         for state in states:
             if state.pid == pid:
