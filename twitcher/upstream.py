@@ -238,7 +238,7 @@ class Exchange:
     def __init__(self, state: _ThreadState, method: str, url: str, headers: Sequence[Tuple[str, str]], body: Body,
                  verify: Union[bool, str], timeout: Tuple[float, float]) -> None:
         self._state = state
-        self._easy = easy = state.easy
+        self._easy = state.easy
         self._read_timeout = timeout[1]
         self.status = 0
         self.reason = ""
@@ -254,6 +254,31 @@ class Exchange:
         self._body_reader: Optional[_BodyReader] = None
         self._added = False
 
+        self._configure(method, url, headers, body, verify, timeout)
+
+        state.active = self
+        state.multi.add_handle(self._easy)
+        self._added = True
+        try:
+            # A backend may answer before it has the whole body; the exchange is only good once
+            # the body went out whole (or the backend ended it), so that a body that turns out too
+            # large is always refused. Meanwhile the answer is buffered like a stream: bounded.
+            reader = self._body_reader
+            self._streaming = True
+            self._pump(lambda: self._headers_done and (reader is None or reader.finished or reader.error))
+            self._streaming = False
+            if reader is not None and reader.error is not None:
+                raise UpstreamUnreachable("the request body could not be sent", reader.error)
+            if not self._headers_done:
+                self._raise_failure(before_headers=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure(self, method: str, url: str, headers: Sequence[Tuple[str, str]], body: Body,
+                   verify: Union[bool, str], timeout: Tuple[float, float]) -> None:
+        """Set the thread's easy handle up for this request, every option from scratch."""
+        easy = self._easy
         easy.reset()
         easy.setopt(pycurl.URL, url)
         easy.setopt(pycurl.NOSIGNAL, 1)
@@ -289,25 +314,6 @@ class Exchange:
                 easy.setopt(pycurl.POSTFIELDS, b"")
         elif method != "GET":
             easy.setopt(pycurl.CUSTOMREQUEST, method)
-
-        state.active = self
-        state.multi.add_handle(easy)
-        self._added = True
-        try:
-            # A backend may answer before it has the whole body; the exchange is only good once
-            # the body went out whole (or the backend ended it), so that a body that turns out too
-            # large is always refused. Meanwhile the answer is buffered like a stream: bounded.
-            reader = self._body_reader
-            self._streaming = True
-            self._pump(lambda: self._headers_done and (reader is None or reader.finished or reader.error))
-            self._streaming = False
-            if reader is not None and reader.error is not None:
-                raise UpstreamUnreachable("the request body could not be sent", reader.error)
-            if not self._headers_done:
-                self._raise_failure(before_headers=True)
-        except BaseException:
-            self.close()
-            raise
 
     # -- libcurl callbacks ---------------------------------------------------------------------
 
