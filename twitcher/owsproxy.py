@@ -52,7 +52,7 @@ from .services import Service
 from .settings import TwitcherSettings
 from .tokens import strip_token_params
 from .tweens import SERVICE_ATTR
-from .upstream import Exchange, Upstream, UpstreamBroken, UpstreamError, UpstreamTimeout
+from .upstream import Exchange, Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,8 @@ def send(upstream: Upstream, method: str, url: str, headers: List[Tuple[str, str
         log.warning("backend %s did not answer in time: %s", _loggable(url), exc.detail)
         raise GatewayTimeout("The service did not answer in time.") from None
     except UpstreamError as exc:
-        if isinstance(exc.cause, RequestTooLarge) or (isinstance(body, BoundedBody) and body.exceeded):
-            raise RequestTooLarge(f"The request body is larger than {body.limit} bytes.") from None
+        if isinstance(exc.cause, RequestTooLarge):  # our own body limit broke the exchange off
+            raise exc.cause from None
         log.warning("backend %s unreachable: %s", _loggable(url), exc.detail)
         raise BadGateway("The service is not reachable.") from None
 
@@ -371,18 +371,16 @@ def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, 
 
     # An XML document small enough to rewrite: read it decoded (a compressed one is sent on
     # uncompressed), but never more than the limit, whatever Content-Length promised.
+    chunks = upstream.chunks()
+    if encoding != "identity":
+        headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
+        chunks = _decoded(chunks, encoding)
     try:
-        if encoding == "identity":
-            read, complete = upstream.read_up_to(rewrite_max_bytes)
-            chunks: Iterator[bytes] = upstream.chunks()
-        else:
-            headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
-            chunks = _decoded(upstream.chunks(), encoding)
-            read, complete = _read_up_to(chunks, rewrite_max_bytes)
+        read, complete = _read_up_to(chunks, rewrite_max_bytes)
     except UpstreamTimeout:
         upstream.close()
         raise GatewayTimeout("The service did not answer in time.") from None
-    except (UpstreamBroken, UpstreamError, zlib.error) as exc:
+    except (UpstreamError, zlib.error) as exc:
         upstream.close()
         log.warning("backend %s sent a broken answer: %s", _loggable(url), exc)
         raise BadGateway("The service sent a broken answer.") from None
@@ -394,6 +392,7 @@ def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, 
     body = rewrite_document(b"".join(read), service_url, proxy_url, charset_param(content_type))
     headers.append(("Content-Length", str(len(body))))
     return Response(status=status, headerlist=headers, app_iter=[body])
+
 
 def public_proxy_url(service: Service, settings: TwitcherSettings) -> str:
     """Where clients reach ``service``: its ``purl`` when registered with one, else through Twitcher."""

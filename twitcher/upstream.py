@@ -232,7 +232,7 @@ class _BodyReader:
 
 class Exchange:
     """One request to a backend and its answer: ``status``, ``reason``, ``headers``, then the body
-    through :meth:`chunks` or :meth:`read_up_to`. :meth:`close` must be called: it gives a fully
+    through :meth:`chunks`. :meth:`close` must be called: it gives a fully
     read connection back to the thread's cache and drops any other."""
 
     def __init__(self, state: _ThreadState, method: str, url: str, headers: Sequence[Tuple[str, str]], body: Body,
@@ -438,14 +438,6 @@ class Exchange:
                 if self._error is not None:
                     self._raise_failure(before_headers=False)
                 return
-
-    def read_up_to(self, limit: int) -> Tuple[List[bytes], bool]:
-        """Body pieces until more than ``limit`` bytes or the end; True when the end was reached."""
-        self._pump(lambda: self._pending_bytes > limit)
-        if self._done and self._error is not None:
-            self._raise_failure(before_headers=False)
-        complete = self._done and self._pending_bytes <= limit
-        return self._take(), complete
 
     def close(self) -> None:
         """Leave the transfer: a finished one's connection stays cached, an unfinished one is dropped."""
