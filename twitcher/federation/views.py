@@ -38,10 +38,12 @@ def revoked_list_response(request) -> Response:
     except StoreUnavailable:
         # No list is better than a short one: the other sites keep their last copy and,
         # past their grace period, refuse our tokens.
-        return Response(json_body={"error": "store unavailable"}, status=503,
-                        headers={"Cache-Control": "no-store"})
-    return Response(body=revoked_document(federation.site_id, ids), content_type="application/json",
-                    charset=None, headers={"Cache-Control": f"public, max-age={CACHE_SECONDS}"})
+        response = Response(json_body={"error": "store unavailable"}, status=503)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    response = Response(body=revoked_document(federation.site_id, ids), content_type="application/json")
+    response.headers["Cache-Control"] = f"public, max-age={CACHE_SECONDS}"
+    return response
 
 
 def revoked_list_tween_factory(handler, registry):
