@@ -242,8 +242,9 @@ def _byte_changed(token: str, where: float) -> str:
     return _b64(bytes(data))
 
 
-def _tampered(kind: str, key_a: biscuit.SigningKey) -> str:
-    live = NOW + timedelta(hours=1)
+def tampered_token(kind: str, key_a: biscuit.SigningKey, now: datetime = NOW) -> str:
+    """A token of site-a (key ``key_a``) for emu/execute, tampered with as ``kind`` says."""
+    live = now + timedelta(hours=1)
     narrow = biscuit.mint(key_a, "site-a", live, services=["emu"], operations=["execute"])
     if kind.startswith("byte changed"):
         return _byte_changed(narrow, float(kind.split()[-1]))
@@ -261,8 +262,8 @@ def _tampered(kind: str, key_a: biscuit.SigningKey) -> str:
         parent = biscuit_auth.Biscuit.from_base64(narrow, biscuit_auth.PublicKey("ed25519/" + key_a.public_key))
         return parent.append(block).to_base64()
     if kind == "expired parent with a fresh child":
-        old = biscuit.mint(key_a, "site-a", NOW - timedelta(minutes=1))
-        return biscuit.attenuate(old, expires_at=NOW + timedelta(hours=5))
+        old = biscuit.mint(key_a, "site-a", now - timedelta(minutes=1))
+        return biscuit.attenuate(old, expires_at=now + timedelta(hours=5))
     if kind == "unknown key":
         return biscuit.mint(biscuit.load_signing_key(biscuit.generate_private_key_pem()), "site-a", live)
     if kind == "unknown key posing with a trusted key id":
@@ -288,7 +289,7 @@ TAMPERED = {
 
 @pytest.mark.parametrize("kind", sorted(TAMPERED))
 def test_tampered_token_is_refused(kind, key_a):
-    token = _tampered(kind, key_a)
+    token = tampered_token(kind, key_a)
     # The wider right asked for: another service and operation; every other case asks for emu/execute.
     service, operation = ("other", "getmap") if kind == "block appended with wider rights" else ("emu", "execute")
     assert judge(token, keys_of((key_a, "site-a")), service, operation) in TAMPERED[kind]
@@ -305,7 +306,7 @@ def test_untampered_tokens_of_the_tampering_cases_pass(key_a):
 
 
 def test_holder_block_facts_never_reach_the_claims(key_a):
-    token = _tampered("block appended with wider rights", key_a)
+    token = tampered_token("block appended with wider rights", key_a)
     claims = biscuit.verify(token, keys_of((key_a, "site-a")), "emu", "execute", never_revoked, now=NOW)
     assert dict(claims.environ) == {}
 
