@@ -255,8 +255,10 @@ def tampered_token(kind: str, key_a: biscuit.SigningKey, now: datetime = NOW) ->
         return _without_block(twice, 1)
     if kind == "blocks reordered":
         return _blocks_swapped(twice)
-    if kind == "block appended with wider rights":
-        # Facts of a holder's block are seen by nobody else: they cannot add a service.
+    if kind == "block appended with a wider check":
+        return biscuit.attenuate(narrow, services=["emu", "other"], operations=["execute", "getmap"])
+    if kind == "block appended with wider facts":
+        # Holder blocks may hold checks only; and their facts would be seen by nobody else anyway.
         block = biscuit_auth.BlockBuilder('service("other"); operation("getmap"); issuer("site-a"); '
                                           'environ("DATA_TOKEN", "forged");')
         parent = biscuit_auth.Biscuit.from_base64(narrow, biscuit_auth.PublicKey("ed25519/" + key_a.public_key))
@@ -280,7 +282,8 @@ TAMPERED = {
     "first block removed": (biscuit.MALFORMED, biscuit.BAD_SIGNATURE),
     "last block removed": (biscuit.MALFORMED, biscuit.BAD_SIGNATURE),
     "blocks reordered": (biscuit.MALFORMED, biscuit.BAD_SIGNATURE),
-    "block appended with wider rights": (biscuit.WRONG_SERVICE,),
+    "block appended with a wider check": (biscuit.WRONG_SERVICE,),
+    "block appended with wider facts": (biscuit.HOLDER_BLOCK,),
     "expired parent with a fresh child": (biscuit.EXPIRED,),
     "unknown key": (biscuit.UNKNOWN_KEY,),
     "unknown key posing with a trusted key id": (biscuit.BAD_SIGNATURE,),
@@ -291,7 +294,7 @@ TAMPERED = {
 def test_tampered_token_is_refused(kind, key_a):
     token = tampered_token(kind, key_a)
     # The wider right asked for: another service and operation; every other case asks for emu/execute.
-    service, operation = ("other", "getmap") if kind == "block appended with wider rights" else ("emu", "execute")
+    service, operation = ("other", "getmap") if kind.startswith("block appended") else ("emu", "execute")
     assert judge(token, keys_of((key_a, "site-a")), service, operation) in TAMPERED[kind]
 
 
@@ -305,10 +308,14 @@ def test_untampered_tokens_of_the_tampering_cases_pass(key_a):
     assert len(_fields(_raw(twice))) == len(_fields(_raw(_b64(_raw(twice)))))
 
 
-def test_holder_block_facts_never_reach_the_claims(key_a):
-    token = tampered_token("block appended with wider rights", key_a)
-    claims = biscuit.verify(token, keys_of((key_a, "site-a")), "emu", "execute", never_revoked, now=NOW)
-    assert dict(claims.environ) == {}
+def test_holder_block_with_anything_but_our_checks_is_refused_before_evaluation(key_a):
+    narrow = biscuit.mint(key_a, "site-a", NOW + timedelta(hours=1))
+    parent = biscuit_auth.Biscuit.from_base64(narrow, biscuit_auth.PublicKey("ed25519/" + key_a.public_key))
+    keys = keys_of((key_a, "site-a"))
+    for code in ('check if true;', 'expensive($x) <- service($x), operation($y), time($z);',
+                 'check if service($s), ["emu"].contains($s);'):
+        token = parent.append(biscuit_auth.BlockBuilder(code)).to_base64()
+        assert judge(token, keys, "emu", "execute") == biscuit.HOLDER_BLOCK, code
 
 
 # -- attenuation ----------------------------------------------------------------------------
