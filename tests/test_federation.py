@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import stat
+import time
 import xmlrpc.client
 from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Tuple
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
 from tests.test_rpcinterface import rpc
+from tests.test_store import run_in_child
 from tests.test_wps import EXECUTE, PROCESSES, output_data
 from twitcher import client
 from twitcher.exceptions import AccessDenied, ConfigurationError, StoreUnavailable, TokenOutOfScope
@@ -481,6 +483,29 @@ def test_poller_thread_refreshes_and_stops(store):
     assert found._thread is None
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_its_own_poller(store):
+    """gunicorn forks after loading the app: threads do not survive a fork, so the child needs its own."""
+    site_b = FakeSite("site-b")
+    found = RevocationLists("site-a", {"site-b": "http://b.invalid"}, store, poll_seconds=0.05,
+                            max_age_seconds=60, fetch=site_b)
+    try:
+        found.check("site-b", ["bb" * 32])
+        parent_thread = found._thread
+
+        def child_work() -> bool:
+            site_b.ids = ["bb" * 32]  # only the child's poller can see this
+            for _ in range(100):
+                if refusal(found, "site-b", ["bb" * 32]) == "revoked":
+                    return found._thread is not parent_thread and found._thread.is_alive()
+                time.sleep(0.05)
+            return False
+
+        assert run_in_child(child_work) == 0
+    finally:
+        found.stop()
+
+
 # -- the application: admin API, tween, internal WPS, /ows/revoked ---------------------------
 
 
@@ -582,6 +607,15 @@ def test_revoke_all_tokens_revokes_signed_tokens_minted_here(signing_app):
     signing_app.app.registry.federation.revocations.refresh_own()
     with pytest.raises(AccessDenied, match="revoked"):
         signing_app.app.registry.federation.verify(token, "emu", "execute")
+
+
+def test_revoke_reads_the_signed_expiry_and_refuses_expired_tokens(signing_app):
+    federation = signing_app.app.registry.federation
+    live = generate(signing_app, 2, {}, "", {"signed": True})
+    assert int(federation.inspect(live["access_token"]).expires_at.timestamp()) == live["expires_at"]
+    expired = biscuit.mint(federation.signing_key, "site-a", utcnow().replace(microsecond=0) - timedelta(seconds=1))
+    assert federation.revoke(expired, 720) is False
+    assert json.loads(signing_app.get("/ows/revoked").body)["revoked"] == []
 
 
 def test_revoke_refuses_a_signed_token_from_an_unknown_key(signing_app):

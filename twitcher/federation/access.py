@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Collection, Dict, Mapping, Optional, Tuple, Union
+from typing import Collection, Dict, Mapping, Optional, Union
 
 from ..exceptions import AccessDenied, ConfigurationError, TokenOutOfScope
 from ..settings import TwitcherSettings
 from ..tokens import AccessToken, check_token, fingerprint, token_digest, utcnow
 from . import biscuit
 from .keys import read_signing_key
-from .revocation import RevocationLists
+from .revocation import REVOKED, RevocationLists
 from .scope import INTERNAL_WPS  # the service name of the internal WPS in a signed token
 
 log = logging.getLogger(__name__)
-
 
 
 class Federation:
@@ -58,18 +57,20 @@ class Federation:
         return token
 
     def revoke(self, token: str, max_hours: float) -> bool:
-        """Revoke a signed token and every token derived from it; True when it was not revoked yet.
+        """Revoke a signed token and every token derived from it; True when it was live and not revoked yet.
 
         The token must verify against a key we trust (so nobody fills our list with junk). Its
         last revocation id is stored: that id is in every token derived from it, and in none of
-        the tokens it was derived from. The id is kept until ``max_hours`` from now, longer
-        than any token minted here can live.
+        the tokens it was derived from. The id is published until the token's own expiry (or,
+        if the token does not say, ``max_hours`` from now).
         """
         claims = self.inspect(token)
-        if claims is None:
+        now = utcnow()
+        if claims is None or (claims.expires_at is not None and claims.expires_at <= now):
             return False
         last = claims.revocation_ids[-1]
-        newly = self.revocations.store.revoke_ids([last], utcnow() + timedelta(hours=max_hours))
+        keep_until = claims.expires_at or now + timedelta(hours=max_hours)
+        newly = self.revocations.store.revoke_ids([last], keep_until)
         self.revocations.add_own([last])
         return newly > 0
 
@@ -91,23 +92,22 @@ class Federation:
 
     def verify(self, token: str, service: Optional[str], operation: Optional[str]) -> biscuit.Claims:
         """Claims of a signed token allowed for this request; AccessDenied/TokenOutOfScope otherwise."""
-        if len(self.keys) == 0:
-            _refuse(token, "no trusted issuers configured")
         try:
+            if len(self.keys) == 0:
+                raise biscuit.SignedTokenError(biscuit.UNKNOWN_KEY, "no trusted issuers configured")
             return biscuit.verify(token, self.keys, service, operation, self.revocations.check)
         except biscuit.SignedTokenError as exc:
-            _refuse(token, str(exc), exc.out_of_scope)
+            log.info("signed token %s refused: %s", fingerprint(token), exc)
+            if exc.out_of_scope:
+                raise TokenOutOfScope("The access token does not allow this request.") from None
+            raise AccessDenied(_CLIENT_TEXT.get(exc.reason, "The access token is not valid here.")) from None
 
 
-def _refuse(token: str, reason: str, out_of_scope: bool = False):
-    log.info("signed token %s refused: %s", fingerprint(token), reason)
-    if out_of_scope:
-        raise TokenOutOfScope("The access token does not allow this request.")
-    if reason.startswith(biscuit.EXPIRED):
-        raise AccessDenied("The access token has expired.")
-    if reason.startswith("revoked"):
-        raise AccessDenied("The access token has been revoked.")
-    raise AccessDenied("The access token is not valid here.")
+#: What the client is told; the log says more (which key, which list).
+_CLIENT_TEXT = {
+    biscuit.EXPIRED: "The access token has expired.",
+    REVOKED: "The access token has been revoked.",
+}
 
 
 def check_access(registry, token: str, service: Optional[str],
@@ -162,4 +162,4 @@ def build_federation(settings: TwitcherSettings, store) -> Federation:
     return Federation(settings.site_id, signing_key, keys, revocations)
 
 
-__all__: Tuple[str, ...] = ("Federation", "INTERNAL_WPS", "build_federation", "check_access")
+__all__ = ["Federation", "INTERNAL_WPS", "build_federation", "check_access"]

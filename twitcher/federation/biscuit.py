@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -99,6 +99,8 @@ class Claims:
     environ: Mapping[str, str]
     revocation_ids: Tuple[str, ...]
     key_id: int
+    #: The expiry the issuer signed; read for revocation only (None on the hot path).
+    expires_at: Optional[datetime] = None
 
 
 def looks_signed(token: str) -> bool:
@@ -290,7 +292,14 @@ def read_verified(token: str, keys: TrustedKeys) -> Claims:
     issuers = [fact.terms[0] for fact in authorizer.query(_ISSUER)]
     if issuers != [issuer]:
         raise SignedTokenError(WRONG_ISSUER)
-    return claims
+    expiry = _AUTHORITY_EXPIRY.search(verified.block_source(0))
+    if expiry is None:
+        return claims
+    return replace(claims, expires_at=datetime.fromisoformat(expiry.group(1).replace("Z", "+00:00")))
+
+
+#: The expiry check of an authority block as the library prints it (see :func:`mint`).
+_AUTHORITY_EXPIRY = re.compile(r"check if time\(\$t\), \$t < ([0-9T:.+\-Z]+);")
 
 
 _ISSUER = lib.Rule("claim($i) <- issuer($i)")
