@@ -6,6 +6,7 @@ Waits are bounded polls, never fixed sleeps: a poll interval of 0.2 s and a grac
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 import xmlrpc.client
@@ -143,6 +144,16 @@ def test_token_from_a_works_at_b_on_the_allowed_service_only(federation):
     assert refused.status_code == 403 and b"does not allow" in refused.content
     assert len(backend.requests) == seen + 1  # the refused request never reached the backend
     assert a.get("/ows/proxy/emu" + EXECUTE, token).status_code == 200  # and at home
+
+
+def test_twitcherctl_gentoken_signed_at_a_is_accepted_at_b_for_its_scope(federation):
+    a, b = federation["a"], federation["b"]
+    out = _run_twitcherctl(["-s", a.url, "-p", ADMIN_PASSWORD, "--json", "gentoken", "--signed", "--subject", "alice",
+                            "--service", "emu", "--operation", "execute", "-H", "0.25"])
+    token = json.loads(out)["access_token"]
+    assert b.get("/ows/proxy/emu" + EXECUTE, token).status_code == 200
+    assert b.get("/ows/proxy/emu?service=WPS&request=GetStatus&version=2.0.0&jobid=1", token).status_code == 403
+    assert client.main(["-s", a.url, "-p", ADMIN_PASSWORD, "gentoken", "--service", "emu"]) == 1  # needs --signed
 
 
 def test_token_attenuated_by_the_holder_works_at_b_for_its_narrower_scope_only(federation):
