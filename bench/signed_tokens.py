@@ -4,7 +4,9 @@ Runs alone (``python bench/signed_tokens.py``), needs no server and no network: 
 with a fresh key and verifies them the way the OWS security tween does (``check_access`` with
 fresh revocation lists in memory, a SQLite store that must not be asked). CPU time is thread
 time, measured in batches; the median batch gives the per-call cost, the slowest batch shows
-the noise. Exit status 1 when the median of the full check is over the budget.
+the noise. The budget is judged on a token seen for the first time (signatures checked); a
+token sent again costs less, since its verified signatures are remembered. Exit status 1 when
+the median of the full first-time check of a one-block token is over the budget.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ class _NoStore:
 
 def cases(folder: str) -> Dict[str, Callable[[], object]]:
     key = biscuit.load_signing_key(biscuit.generate_private_key_pem())
-    keys = biscuit.TrustedKeys({key.public_key: "site-a"})
+    # cache_size=0: every call checks the signatures, as for a token seen for the first time.
+    keys = biscuit.TrustedKeys({key.public_key: "site-a"}, cache_size=0)
     expires = utcnow() + timedelta(hours=1)
     token = biscuit.mint(key, "site-a", expires, subject="alice", services=["emu"], operations=["execute"],
                          environ={"DATA_TOKEN": "x" * 40, "DATA_USER": "alice"})
@@ -68,6 +71,8 @@ def cases(folder: str) -> Dict[str, Callable[[], object]]:
     lists.ensure_polling = lambda: None  # no poller thread in a benchmark
     federation = Federation("site-a", key, keys, lists)
     registry = SimpleNamespace(federation=federation, store=_NoStore())
+    cached = SimpleNamespace(federation=Federation("site-a", key, biscuit.TrustedKeys({key.public_key: "site-a"}),
+                                                   lists), store=_NoStore())
 
     opaque, record = new_token(1)
     store.save_token(record)
@@ -82,6 +87,8 @@ def cases(folder: str) -> Dict[str, Callable[[], object]]:
         "library verify, 3 blocks": lambda: biscuit.verify(grandchild, keys, "emu", "execute", never),
         "check_access signed, 1 block": lambda: check_access(registry, token, "emu", "execute"),
         "check_access signed, 3 blocks": lambda: check_access(registry, grandchild, "emu", "execute"),
+        "  same, signature remembered, 1 block": lambda: check_access(cached, token, "emu", "execute"),
+        "  same, signature remembered, 3 blocks": lambda: check_access(cached, grandchild, "emu", "execute"),
         "check_access opaque (SQLite)": lambda: check_access(opaque_registry, opaque, "emu", "execute"),
     }
 
@@ -98,9 +105,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         print(json.dumps({"budget_ms": BUDGET_MS, "results": results}, indent=2))
     else:
-        print(f"{'case':34} {'median ms':>10} {'slowest ms':>11}")
+        print(f"{'case':40} {'median ms':>10} {'slowest ms':>11}")
         for name, result in results.items():
-            print(f"{name:34} {result['median_ms']:10.3f} {result['max_ms']:11.3f}")
+            print(f"{name:40} {result['median_ms']:10.3f} {result['max_ms']:11.3f}")
         verdict = "within" if full <= BUDGET_MS else "OVER"
         print(f"signed check {full:.3f} ms CPU: {verdict} the budget of {BUDGET_MS} ms")
     return 0 if full <= BUDGET_MS else 1

@@ -175,6 +175,22 @@ def test_unrestricted_token_passes_below_a_service_root_until_it_expires(key_a):
     assert judge(token, keys, "emu", None, now=NOW + timedelta(hours=1)) == biscuit.EXPIRED
 
 
+def test_a_remembered_signature_does_not_skip_expiry_scope_or_revocation(key_a):
+    keys = keys_of((key_a, "site-a"))
+    token = biscuit.mint(key_a, "site-a", NOW + timedelta(hours=1), services=["emu"])
+    assert judge(token, keys, "emu", "execute") is None
+    assert keys.verified.cache_info().currsize == 1
+    assert judge(token, keys, "emu", "execute", now=NOW + timedelta(hours=2)) == biscuit.EXPIRED
+    assert judge(token, keys, "other", "execute") == biscuit.WRONG_SERVICE
+
+    def revoked(issuer, ids):
+        raise biscuit.SignedTokenError("revoked")
+
+    with pytest.raises(biscuit.SignedTokenError, match="revoked"):
+        biscuit.verify(token, keys, "emu", "execute", revoked, now=NOW)
+    assert judge(_byte_changed(token, 0.6), keys, "emu", "execute") in (biscuit.MALFORMED, biscuit.BAD_SIGNATURE)
+
+
 def test_token_of_a_site_signed_with_another_sites_key_is_refused(key_a, key_b):
     """B's key is trusted, but only for site-b: a token claiming site-a signed by B's key fails."""
     token = biscuit.mint(key_b, "site-a", NOW + timedelta(hours=1))

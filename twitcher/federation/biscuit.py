@@ -22,6 +22,7 @@ import base64
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import biscuit_auth as lib
@@ -46,6 +47,8 @@ _HOLDER_CHECK = re.compile(
     r'|service\(\$s\), \{(?:"[a-z0-9_:-]+"(?:, )?)*\}\.contains\(\$s\)'
     r'|operation\(\$o\), \{(?:"[a-z0-9]+"(?:, )?)*\}\.contains\(\$o\));')
 HOLDER_BLOCK = "a holder's block holds more than service, operation and time checks"
+#: Tokens whose signatures :class:`TrustedKeys` remembers (least recently used go first).
+VERIFIED_CACHE_SIZE = 1024
 
 #: PKCS#8 prefix of a raw 32-byte Ed25519 private key, so that key files are ordinary PEM
 #: (``openssl genpkey -algorithm ed25519`` writes the same kind of file).
@@ -138,18 +141,50 @@ def _public_key(public_key_hex: str):
 
 
 class TrustedKeys:
-    """The public keys this site accepts, by key id, each with the site that owns it."""
+    """The public keys this site accepts, by key id, each with the site that owns it.
 
-    def __init__(self, keys: Mapping[str, str]):
+    Also remembers the tokens whose signatures it verified lately (:meth:`verified`): a client
+    sends the same token with every request, and the Ed25519 checks (about 70 µs a block) are
+    most of the cost of a signed token. Only successes are remembered, keyed by the whole token
+    text, so a changed byte is a new token; expiry, scope and revocation are judged every time.
+    """
+
+    def __init__(self, keys: Mapping[str, str], cache_size: int = VERIFIED_CACHE_SIZE):
         """``keys`` maps public key hex to its site id."""
         self._by_id: Dict[int, Tuple[str, object]] = {
             key_id(hex_key): (site, _public_key(hex_key)) for hex_key, site in keys.items()}
+        self.verified = lru_cache(maxsize=cache_size)(self._verify)
 
     def __len__(self) -> int:
         return len(self._by_id)
 
     def lookup(self, kid: int) -> Optional[Tuple[str, object]]:
         return self._by_id.get(kid)
+
+    def _verify(self, token: str) -> Tuple[str, int, object, Tuple[str, ...]]:
+        """Issuer, key id, library object and revocation ids of a token whose signatures verify."""
+        if len(token) > SIGNED_MAX_LENGTH:
+            raise SignedTokenError(TOO_LONG)
+        try:
+            unverified = lib.UnverifiedBiscuit.from_base64(token)
+            kid = unverified.root_key_id()
+        except Exception:
+            raise SignedTokenError(MALFORMED) from None
+        if kid is None:
+            raise SignedTokenError(NO_KEY_ID)
+        found = self.lookup(kid)
+        if found is None:
+            raise SignedTokenError(UNKNOWN_KEY, f"key id {kid}")
+        issuer, public_key = found
+        try:
+            verified = unverified.verify(public_key)
+        except Exception:
+            raise SignedTokenError(BAD_SIGNATURE, f"key id {kid} of {issuer}") from None
+        for index in range(1, verified.block_count()):
+            lines = verified.block_source(index).splitlines()
+            if not all(_HOLDER_CHECK.fullmatch(line) for line in lines if line):
+                raise SignedTokenError(HOLDER_BLOCK, f"block {index}")
+        return issuer, kid, verified, tuple(verified.revocation_ids)
 
 
 # -- tokens ------------------------------------------------------------------------------
@@ -237,32 +272,6 @@ def _reason_of(message: str) -> str:
     return FAILED_CHECK
 
 
-def _verified(token: str, keys: TrustedKeys) -> Tuple[str, int, object]:
-    """The issuer, key id and library object of a token whose signature a trusted key verifies."""
-    if len(token) > SIGNED_MAX_LENGTH:
-        raise SignedTokenError(TOO_LONG)
-    try:
-        unverified = lib.UnverifiedBiscuit.from_base64(token)
-        kid = unverified.root_key_id()
-    except Exception:
-        raise SignedTokenError(MALFORMED) from None
-    if kid is None:
-        raise SignedTokenError(NO_KEY_ID)
-    found = keys.lookup(kid)
-    if found is None:
-        raise SignedTokenError(UNKNOWN_KEY, f"key id {kid}")
-    issuer, public_key = found
-    try:
-        verified = unverified.verify(public_key)
-    except Exception:
-        raise SignedTokenError(BAD_SIGNATURE, f"key id {kid} of {issuer}") from None
-    for index in range(1, verified.block_count()):
-        lines = verified.block_source(index).splitlines()
-        if not all(_HOLDER_CHECK.fullmatch(line) for line in lines if line):
-            raise SignedTokenError(HOLDER_BLOCK, f"block {index}")
-    return issuer, kid, verified
-
-
 def _claims(authorizer, issuer: str, kid: int, ids: Tuple[str, ...]) -> Claims:
     try:
         subjects = [fact.terms[0] for fact in authorizer.query(_SUBJECT)]
@@ -283,12 +292,12 @@ def _authorizer(code: Optional[str] = None, facts: Optional[dict] = None):
 
 def read_verified(token: str, keys: TrustedKeys) -> Claims:
     """The claims of a token signed by a trusted key, judging neither expiry nor scope (to revoke it)."""
-    issuer, kid, verified = _verified(token, keys)
+    issuer, kid, verified, ids = keys.verified(token)
     try:
         authorizer = _authorizer().build(verified)
     except Exception as exc:
         raise SignedTokenError(FAILED_CHECK, type(exc).__name__) from None
-    claims = _claims(authorizer, issuer, kid, tuple(verified.revocation_ids))
+    claims = _claims(authorizer, issuer, kid, ids)
     issuers = [fact.terms[0] for fact in authorizer.query(_ISSUER)]
     if issuers != [issuer]:
         raise SignedTokenError(WRONG_ISSUER)
@@ -315,8 +324,7 @@ def verify(token: str, keys: TrustedKeys, service: Optional[str], operation: Opt
     restriction pass (fail closed). ``check_revoked(issuer, ids)`` raises to refuse; it runs
     after the signature is checked and before the Datalog. Raises :class:`SignedTokenError`.
     """
-    issuer, kid, verified = _verified(token, keys)
-    ids = tuple(verified.revocation_ids)
+    issuer, kid, verified, ids = keys.verified(token)
     check_revoked(issuer, ids)
 
     facts = {"now": _aware(now) if now else datetime.now(timezone.utc), "issuer": issuer}
