@@ -12,6 +12,7 @@ requires = [
     "pycurl>=7.45.3",  # the proxy's HTTP client, libcurl (twitcher/upstream.py); 7.45.3: Linux wheels
     "lxml>=4.9",
     "waitress>=2.1",
+    "biscuit-python>=0.4,<0.5",  # signed federated tokens, wrapped in twitcher/federation/biscuit.py
 ]
 
 extras = {

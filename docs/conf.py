@@ -41,7 +41,7 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 #: Pages that other engineers draft for their own component. Each is added to the index
 #: (under "Components") as soon as its file exists, so that a draft never breaks the build by
 #: being in no toctree, and a missing one never breaks it by being listed.
-COMPONENT_PAGES = ("wps", "store", "benchmark")
+COMPONENT_PAGES = ("wps", "store", "benchmark", "federation")
 
 
 def _add_component_pages(app, docname, source):

@@ -186,6 +186,58 @@ def test_purge_deletes_only_expired_tokens(any_store):
     assert any_store.purge_expired_tokens() == 0
 
 
+# -- revocation ids of signed tokens ----------------------------------------------------
+
+
+def rid(n: int) -> str:
+    return f"{n:0128x}"
+
+
+def test_recorded_signed_token_is_not_revoked_until_revoked(any_store):
+    later = utcnow() + timedelta(hours=1)
+    any_store.record_signed_token(rid(1), later)
+    any_store.record_signed_token(rid(1), later)  # twice: no error, no change
+    assert any_store.revoked_ids() == []
+    assert any_store.revoke_ids([rid(1)], later) == 1
+    assert any_store.revoked_ids() == [rid(1)]
+
+
+def test_revoking_ids_counts_only_new_revocations_and_lists_them_sorted(any_store):
+    later = utcnow() + timedelta(hours=1)
+    assert any_store.revoke_ids([rid(3), rid(2)], later) == 2
+    assert any_store.revoke_ids([rid(2), rid(4)], later) == 1
+    assert any_store.revoked_ids() == [rid(2), rid(3), rid(4)]
+
+
+def test_revoked_ids_of_expired_tokens_are_not_listed(any_store):
+    any_store.revoke_ids([rid(5)], utcnow() - timedelta(seconds=1))
+    any_store.revoke_ids([rid(6)], utcnow() + timedelta(hours=1))
+    assert any_store.revoked_ids() == [rid(6)]
+
+
+def test_revoking_a_recorded_id_keeps_the_longer_lifetime(any_store):
+    any_store.record_signed_token(rid(7), utcnow() + timedelta(hours=2))
+    assert any_store.revoke_ids([rid(7)], utcnow() - timedelta(hours=1)) == 1
+    assert any_store.revoked_ids() == [rid(7)]
+
+
+def test_revoke_all_signed_tokens_revokes_recorded_live_ones(any_store):
+    any_store.record_signed_token(rid(8), utcnow() + timedelta(hours=1))
+    any_store.record_signed_token(rid(9), utcnow() + timedelta(hours=1))
+    any_store.record_signed_token(rid(10), utcnow() - timedelta(seconds=1))
+    any_store.revoke_ids([rid(9)], utcnow() + timedelta(hours=1))
+    assert any_store.revoke_all_signed_tokens() == 1
+    assert any_store.revoked_ids() == [rid(8), rid(9)]
+
+
+def test_revocation_ids_are_shared_by_two_store_objects(backend):
+    if not backend.shared:
+        pytest.skip(f"{backend.name}: every store object has its own database by design")
+    first, second = backend.open(), backend.open()
+    first.revoke_ids([rid(11)], utcnow() + timedelta(hours=1))
+    assert second.revoked_ids() == [rid(11)]
+
+
 # -- services ---------------------------------------------------------------------------
 
 
@@ -489,6 +541,9 @@ def test_mongodb_indexes_unique_digest_ttl_expiry_unique_name_and_url():
     assert tokens[(("expires_at", 1),)]["expireAfterSeconds"] == EXPIRED_GRACE_SECONDS
     assert services[(("name", 1),)].get("unique") is True
     assert not services[(("url", 1),)].get("unique")
+    revocations = {tuple(i["key"]): i for i in db["revocation_ids"].index_information().values()}
+    assert revocations[(("id", 1),)].get("unique") is True
+    assert revocations[(("expires_at", 1),)]["expireAfterSeconds"] == EXPIRED_GRACE_SECONDS
 
 
 def test_mongodb_indexes_are_created_once_per_process():

@@ -117,8 +117,12 @@ class Admin:
         except ValueError as exc:  # xmlrpc.client's parser on a non-XML answer
             raise CommandError(f"{self.url} did not answer XML-RPC: {exc}") from None
 
-    def generate_token(self, hours: float, environ: Dict[str, str]) -> Dict[str, Any]:
-        return self._call("generate_token", hours, environ)
+    def generate_token(self, hours: float, environ: Dict[str, str], subject: Optional[str] = None,
+                       options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        if options is None and subject is None:
+            return self._call("generate_token", hours, environ)  # the 0.3 call, for older servers
+        # XML-RPC has no nil by default: an empty subject means none.
+        return self._call("generate_token", hours, environ, subject or "", options or {})
 
     def revoke_token(self, token: str) -> bool:
         return self._call("revoke_token", token)
@@ -170,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="lifetime in hours (default 1)")
     sub.add_argument("-e", "--env", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                      help="environ data for the internal WPS (repeatable)")
+    sub.add_argument("--signed", action="store_true",
+                     help="a signed token that trusting sites verify from our public key (needs "
+                          "twitcher.signing_key on the server)")
+    sub.add_argument("--subject", help="who the token is for (a user id)")
+    _scope_arguments(sub, "allow only")
 
     sub = commands.add_parser("revoke", help="revoke one token, or all with --all")
     group = sub.add_mutually_exclusive_group(required=True)
@@ -197,10 +206,71 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name")
     commands.add_parser("list", help="list the services")
     commands.add_parser("clear", help="remove every service")
+    sub = commands.add_parser("keygen", help="write a new signing key (mode 0600) and print its public key; "
+                                             "needs no server")
+    sub.add_argument("path", help="the key file to create (an existing file is never overwritten)")
+
+    sub = commands.add_parser("attenuate", help="print a narrower copy of a signed token; needs no server and no key")
+    sub.add_argument("token", help="the signed token to narrow")
+    _scope_arguments(sub, "keep only")
+    sub.add_argument("-H", "--hours", type=float, metavar="HOURS",
+                     help="expire this many hours from now at the latest")
+
     commands.add_parser("hash-password",
                         help="read a password (prompt or stdin) and print its hash for twitcher.password; "
                              "needs no server")
     return parser
+
+
+def _scope_arguments(sub: argparse.ArgumentParser, verb: str) -> None:
+    sub.add_argument("--service", action="append", default=[], metavar="NAME",
+                     help=f"{verb} this service (repeatable; twitcher:wps is the internal WPS)")
+    sub.add_argument("--operation", action="append", default=[], metavar="REQUEST",
+                     help=f"{verb} this OWS operation, e.g. execute (repeatable)")
+
+
+def keygen(path: str) -> tuple:
+    """Write a signing key; return the result for ``--json`` and the text for a person."""
+    from .federation.biscuit import public_key_text
+    from .federation.keys import write_signing_key
+
+    try:
+        key = write_signing_key(path)
+    except FileExistsError:
+        raise CommandError(f"{path} exists already; a signing key is never overwritten") from None
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+    public = public_key_text(key.public_key)
+    result = {"path": path, "public_key": public, "key_id": key.key_id}
+    return result, (f"private key written to {path} (mode 0600)\n{public}\n"
+                    f"key id {key.key_id}: give the public key to the sites that should trust this one")
+
+
+def attenuate(args: argparse.Namespace) -> tuple:
+    """Narrow a signed token offline; return the result for ``--json`` and the token."""
+    from datetime import timedelta
+
+    from .exceptions import InvalidArgument
+    from .federation import biscuit, scope
+
+    try:
+        services = scope.services(args.service)
+        operations = scope.operations(args.operation)
+    except InvalidArgument as exc:
+        raise CommandError(str(exc)) from None
+    expires_at = None
+    if args.hours is not None:
+        if not args.hours > 0:
+            raise CommandError(f"--hours must be greater than 0, got {args.hours:g}")
+        expires_at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=args.hours)
+    try:
+        token = biscuit.attenuate(args.token.strip(), services, operations, expires_at)
+    except ValueError as exc:
+        raise CommandError(f"cannot attenuate: {exc}") from None
+    result = {"access_token": token}
+    if expires_at is not None:
+        result["expires_at"] = int(expires_at.timestamp())
+    return result, token
 
 
 def read_password(args: argparse.Namespace, stdin: TextIO) -> str:
@@ -240,7 +310,10 @@ def run(args: argparse.Namespace, admin: Admin) -> tuple:
     """Carry out one command; return ``(result for --json, text for a person)``."""
     command = args.command
     if command == "gentoken":
-        result = admin.generate_token(args.valid_in_hours, dict(args.env))
+        if (args.service or args.operation) and not args.signed:
+            raise CommandError("--service and --operation restrict signed tokens only: add --signed")
+        options = {"signed": True, "services": args.service, "operations": args.operation} if args.signed else None
+        result = admin.generate_token(args.valid_in_hours, dict(args.env), args.subject, options)
         expires = datetime.fromtimestamp(result["expires_at"], timezone.utc).isoformat()
         return result, f"{result['access_token']}\nexpires at {expires}"
     if command == "revoke":
@@ -289,6 +362,10 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None) -
         args = build_parser().parse_args(argv)
         if args.command == "hash-password":
             print(new_password_hash(stdin))
+            return 0
+        if args.command in ("keygen", "attenuate"):  # offline: no server, no password
+            result, text = keygen(args.path) if args.command == "keygen" else attenuate(args)
+            print(json.dumps(result, indent=2) if args.json else text)
             return 0
         url = rpc_url(args.server)
         admin = Admin(server_proxy(url, args.username, read_password(args, stdin), args.insecure), url)

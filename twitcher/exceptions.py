@@ -83,6 +83,15 @@ class AccessDenied(OWSException):
         super().__init__(text, locator=locator)
 
 
+class TokenOutOfScope(AccessDenied):
+    """An authentic, live signed token used for a service or operation it does not allow.
+
+    403, not 401: the client has a valid credential, and sending it again would not help.
+    """
+
+    status = 403
+
+
 class UnknownService(InvalidParameterValue):
     status = 404
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from datetime import timedelta
 from typing import Any, Dict, List
 from xmlrpc.client import Fault
 
@@ -29,6 +30,8 @@ from pyramid.httpexceptions import HTTPException, HTTPNotFound
 
 from . import adminauth, services, tokens
 from .exceptions import InvalidArgument, ServiceExists, StoreUnavailable
+from .federation import scope
+from .federation.biscuit import looks_signed
 
 log = logging.getLogger(__name__)
 
@@ -96,40 +99,72 @@ def _require_str(value: Any, what: str) -> str:
 # -- tokens ------------------------------------------------------------------------------
 
 
-def generate_token(request, valid_in_hours: Any = 1, environ: Any = None) -> Dict[str, Any]:
+def generate_token(request, valid_in_hours: Any = 1, environ: Any = None, subject: Any = None,
+                   options: Any = None) -> Dict[str, Any]:
     """Make an access token for one client.
 
     ``valid_in_hours``: lifetime, a number greater than 0 and at most ``twitcher.token_max_hours``
     (numeric strings are accepted). ``environ``: optional struct of strings handed to the internal
     WPS with each request made with this token (never to proxied services); at most
     32 entries, keys are letters, digits and ``_`` that do not clash with WSGI/CGI names.
+    ``subject``: optional string naming who the token is for.
+
+    ``options``: optional struct. ``{"signed": true}`` makes a signed token (a Biscuit, see
+    docs/federation.rst) that other sites trusting this one accept without asking us; it needs
+    ``twitcher.signing_key``. ``"services"`` (list of service names, ``twitcher:wps`` for the
+    internal WPS) and ``"operations"`` (list of OWS request names, e.g. ``execute``) restrict
+    it; absent or empty means any. Without options the token is opaque, as in 0.3.
 
     Returns ``{"access_token": str, "expires_at": int}`` (expiry in epoch seconds, UTC). The
-    token is shown only here: Twitcher keeps its SHA-256 digest.
+    token is shown only here: Twitcher keeps its SHA-256 digest (or, for a signed token, its
+    revocation id).
     """
     hours = tokens.validate_hours(valid_in_hours, request.registry.twitcher.token_max_hours)
     data = tokens.validate_environ(environ)
+    signed = scope.signed_options(options)
+    if signed is not None:
+        return _generate_signed_token(request, hours, data, scope.subject(subject), signed)
     token, record = tokens.new_token(hours, data)
     request.registry.store.save_token(record)
     log.info("admin API: token %s generated, valid %g h", tokens.fingerprint(token), hours)
     return {"access_token": token, "expires_at": int(record.expires_at.timestamp())}
 
 
+def _generate_signed_token(request, hours: float, environ: Dict[str, str], subject: Any,
+                           signed: scope.SignedOptions) -> Dict[str, Any]:
+    expires_at = tokens.utcnow().replace(microsecond=0) + timedelta(hours=hours)
+    try:
+        token = request.registry.federation.mint(expires_at, subject=subject, services=signed.services,
+                                                 operations=signed.operations, environ=environ)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    log.info("admin API: signed token %s generated, valid %g h", tokens.fingerprint(token), hours)
+    return {"access_token": token, "expires_at": int(expires_at.timestamp())}
+
+
 def revoke_token(request, token: Any) -> bool:
     """Revoke one token at once on every Twitcher sharing this store.
 
+    A signed token is revoked by its revocation id, which every token derived from it carries
+    too: they are all refused here at once (other processes: at their next poll), and at the
+    other sites after their next poll of our list at ``<protected_path>/revoked``.
+
     Returns True when a valid token was revoked, False when the token is unknown, expired or
-    revoked already.
+    revoked already (or, signed, not signed by a key we trust).
     """
     token = _require_str(token, "token")
-    revoked = request.registry.store.revoke_token(tokens.token_digest(token))
+    if looks_signed(token):
+        revoked = request.registry.federation.revoke(token, request.registry.twitcher.token_max_hours)
+    else:
+        revoked = request.registry.store.revoke_token(tokens.token_digest(token))
     log.info("admin API: revoke token %s: %s", tokens.fingerprint(token), "done" if revoked else "not active")
     return revoked
 
 
 def revoke_all_tokens(request) -> bool:
-    """Revoke every token. Returns True."""
+    """Revoke every token, the signed tokens minted here included. Returns True."""
     count = request.registry.store.revoke_all_tokens()
+    count += request.registry.federation.revoke_all()
     log.info("admin API: all tokens revoked (%d active)", count)
     return True
 

@@ -14,6 +14,9 @@ from typing import Callable, FrozenSet, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .exceptions import ConfigurationError
+from .federation.issuers import TrustedIssuer
+from .federation.issuers import parse_site_id as _site_id
+from .federation.issuers import parse_trusted_issuers as _trusted_issuers
 
 #: The requests that need no token unless ``twitcher.public_requests`` says otherwise.
 DEFAULT_PUBLIC_REQUESTS = (
@@ -40,6 +43,11 @@ class TwitcherSettings:
     username: str = "admin"
     password: Optional[str] = None
     token_max_hours: float = 720.0
+    signing_key: Optional[str] = None
+    site_id: Optional[str] = None
+    trusted_issuers: Tuple[TrustedIssuer, ...] = ()
+    revocation_poll_seconds: float = 60.0
+    revocation_max_age_seconds: float = 600.0
     proxy_timeout: Tuple[float, float] = (5.0, 300.0)
     max_request_body: int = 10 * 1024 * 1024
     rewrite_max_bytes: int = 8 * 1024 * 1024
@@ -138,6 +146,11 @@ _PARSERS: Mapping[str, Callable[[str], object]] = {
     "username": str.strip,
     "password": _optional,
     "token_max_hours": _positive_number,
+    "signing_key": _optional,
+    "site_id": _site_id,
+    "trusted_issuers": _trusted_issuers,
+    "revocation_poll_seconds": _positive_number,
+    "revocation_max_age_seconds": _positive_number,
     "proxy_timeout": _timeouts,
     "max_request_body": _positive_int,
     "rewrite_max_bytes": _positive_int,

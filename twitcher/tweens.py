@@ -24,6 +24,7 @@ from .exceptions import (
     RequestTooLarge,
     UnknownService,
 )
+from .federation.access import INTERNAL_WPS, check_access
 from .owsexceptions import path_is_under
 from .owsrequest import (
     OWSRequest,
@@ -35,7 +36,7 @@ from .owsrequest import (
 )
 from .services import check_name
 from .settings import TwitcherSettings
-from .tokens import check_token, fingerprint, strip_token_params, token_digest, token_params, validate_environ
+from .tokens import fingerprint, strip_token_params, token_digest, token_params, validate_environ
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,11 @@ class OWSSecurity:
             return
         if token is None:
             raise AccessDenied("An access token is required for this request.")
-        record = check_token(store.fetch_token(token_digest(token)))
+        # Signed tokens are judged for this service and operation (None below a service root:
+        # only tokens without an operation restriction pass there); opaque ones by the store.
+        operation = request_for_service(ows, service_type) if ows is not None and target.kind != OTHER else None
+        signed_service = {PROXY: target.service_name, WPS: INTERNAL_WPS}.get(target.kind)
+        record = check_access(request.registry, token, signed_service, operation)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("token %s accepted for %s", fingerprint(token), request.path_info)
         if target.kind == WPS and record.environ:

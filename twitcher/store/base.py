@@ -7,7 +7,8 @@ can fail closed without knowing which backend they talk to.
 from __future__ import annotations
 
 import abc
-from typing import List, Optional
+from datetime import datetime
+from typing import List, Optional, Sequence
 
 from ..services import Service
 from ..tokens import AccessToken
@@ -46,6 +47,32 @@ class TokenStore(abc.ABC):
         """Delete records whose expiry has passed; housekeeping only, never needed for correctness."""
 
 
+class RevocationStore(abc.ABC):
+    """Revocation ids of signed tokens (:mod:`twitcher.federation`): those minted here, and those revoked.
+
+    Signed tokens are verified without the store; it only keeps what this site publishes at
+    ``<protected_path>/revoked``, and the first id of each token minted here so that
+    ``revoke_all_tokens`` can revoke those too. ``expires_at`` bounds how long an id is kept.
+    """
+
+    @abc.abstractmethod
+    def record_signed_token(self, revocation_id: str, expires_at: datetime) -> None:
+        """Note a signed token minted here (not revoked); recording an id twice changes nothing."""
+
+    @abc.abstractmethod
+    def revoke_ids(self, revocation_ids: Sequence[str], expires_at: datetime) -> int:
+        """Mark ids revoked (recorded or not), kept until ``expires_at`` at least; return how many
+        were not revoked before."""
+
+    @abc.abstractmethod
+    def revoke_all_signed_tokens(self) -> int:
+        """Revoke every recorded, unexpired signed token; return how many were not revoked before."""
+
+    @abc.abstractmethod
+    def revoked_ids(self) -> List[str]:
+        """The revoked ids whose token may still be alive (``expires_at`` in the future), sorted."""
+
+
 class ServiceStore(abc.ABC):
     """Registered services, unique by name."""
 
@@ -75,7 +102,7 @@ class ServiceStore(abc.ABC):
         """Remove every service; return how many there were."""
 
 
-class Store(TokenStore, ServiceStore):
+class Store(TokenStore, RevocationStore, ServiceStore):
     """One backend holds both tokens and services, over one connection per process."""
 
     @abc.abstractmethod

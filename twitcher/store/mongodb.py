@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence
 from urllib.parse import parse_qsl
 
 import pymongo
@@ -108,6 +108,9 @@ class MongoStore(Store):
         # MongoDB deletes a token EXPIRED_GRACE_SECONDS after its expiry, so that in between a
         # client is told "expired" rather than "unknown"; validity never depends on this job.
         tokens.create_index("expires_at", expireAfterSeconds=EXPIRED_GRACE_SECONDS, name="expires_at_ttl")
+        revocations = db["revocation_ids"]
+        revocations.create_index("id", unique=True, name="id_unique")
+        revocations.create_index("expires_at", expireAfterSeconds=EXPIRED_GRACE_SECONDS, name="expires_at_ttl")
         services.create_index("name", unique=True, name="name_unique")
         services.create_index("url", name="url")
 
@@ -160,6 +163,40 @@ class MongoStore(Store):
         with self._collection("tokens") as tokens:
             result = tokens.delete_many({"expires_at": {"$lte": utcnow()}})
         return result.deleted_count
+
+    # -- revocation ids of signed tokens ------------------------------------------------
+
+    def record_signed_token(self, revocation_id: str, expires_at: datetime) -> None:
+        with self._collection("revocation_ids") as revocations:
+            try:
+                revocations.update_one({"id": revocation_id},
+                                       {"$setOnInsert": {"expires_at": expires_at, "revoked": False}}, upsert=True)
+            except DuplicateKeyError:
+                pass  # a concurrent insert of the same id: recorded either way
+
+    def revoke_ids(self, revocation_ids: Sequence[str], expires_at: datetime) -> int:
+        count = 0
+        with self._collection("revocation_ids") as revocations:
+            for rid in revocation_ids:
+                try:
+                    result = revocations.update_one({"id": rid, "revoked": {"$ne": True}},
+                                                    {"$set": {"revoked": True}, "$max": {"expires_at": expires_at}},
+                                                    upsert=True)
+                except DuplicateKeyError:
+                    continue  # revoked already (the filter missed it, the upsert hit the index)
+                count += 1 if (result.modified_count or result.upserted_id is not None) else 0
+        return count
+
+    def revoke_all_signed_tokens(self) -> int:
+        with self._collection("revocation_ids") as revocations:
+            result = revocations.update_many({"revoked": False, "expires_at": {"$gt": utcnow()}},
+                                             {"$set": {"revoked": True}})
+        return result.modified_count
+
+    def revoked_ids(self) -> List[str]:
+        with self._collection("revocation_ids") as revocations:
+            documents = revocations.find({"revoked": True, "expires_at": {"$gt": utcnow()}}, {"id": 1})
+            return sorted(document["id"] for document in documents)
 
     # -- services -----------------------------------------------------------------------
 

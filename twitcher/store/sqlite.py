@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence
 
 from ..exceptions import InvalidArgument, ServiceExists, StoreUnavailable
 from ..services import Service, service_from_record
@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS services (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS services_url ON services (url);
+CREATE TABLE IF NOT EXISTS revocation_ids (
+    id TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS revocation_ids_revoked ON revocation_ids (revoked, expires_at);
 """
 
 
@@ -135,6 +141,46 @@ class SQLiteStore(Store):
         with self._db() as db:
             cursor = db.execute("DELETE FROM tokens WHERE expires_at <= ?", (_epoch(utcnow()),))
         return cursor.rowcount
+
+    # -- revocation ids of signed tokens ------------------------------------------------
+
+    def record_signed_token(self, revocation_id: str, expires_at: datetime) -> None:
+        now = _epoch(utcnow())
+        with self._db() as db:
+            db.execute("INSERT OR IGNORE INTO revocation_ids (id, expires_at, revoked) VALUES (?, ?, 0)",
+                       (revocation_id, _epoch(expires_at)))
+            db.execute("DELETE FROM revocation_ids WHERE expires_at < ?", (now - EXPIRED_GRACE_SECONDS,))
+
+    def revoke_ids(self, revocation_ids: Sequence[str], expires_at: datetime) -> int:
+        count = 0
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for rid in revocation_ids:
+                    # An id recorded already keeps the longer of both lifetimes.
+                    cursor = db.execute(
+                        "INSERT INTO revocation_ids (id, expires_at, revoked) VALUES (?, ?, 1) "
+                        "ON CONFLICT (id) DO UPDATE SET revoked = 1, "
+                        "expires_at = MAX(expires_at, excluded.expires_at) WHERE revoked = 0",
+                        (rid, _epoch(expires_at)))
+                    count += cursor.rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return count
+
+    def revoke_all_signed_tokens(self) -> int:
+        with self._db() as db:
+            cursor = db.execute("UPDATE revocation_ids SET revoked = 1 WHERE revoked = 0 AND expires_at > ?",
+                                (_epoch(utcnow()),))
+        return cursor.rowcount
+
+    def revoked_ids(self) -> List[str]:
+        with self._db() as db:
+            rows = db.execute("SELECT id FROM revocation_ids WHERE revoked = 1 AND expires_at > ? ORDER BY id",
+                              (_epoch(utcnow()),)).fetchall()
+        return [row[0] for row in rows]
 
     # -- services -----------------------------------------------------------------------
 
