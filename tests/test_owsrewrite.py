@@ -71,11 +71,18 @@ def _normal(url: str) -> tuple:
 def _is_backend_url(value: str, service_url: str) -> bool:
     """Independent of the code under test: same origin, path in the service's directory."""
     value = value.strip()
-    if not value.lower().startswith(("http://", "https://")) or " " in value:
+    if not _on_backend_origin(value, service_url):
         return False
     url, service = _normal(value), _normal(service_url)
     directory = service[3][: service[3].rfind("/") + 1]
-    return url[:3] == service[:3] and url[3].startswith(directory)
+    return url[3].startswith(directory)
+
+
+def _on_backend_origin(value: str, service_url: str) -> bool:
+    value = value.strip()
+    if not value.lower().startswith(("http://", "https://")) or " " in value:
+        return False
+    return _normal(value)[:3] == _normal(service_url)[:3]
 
 
 def _through_the_proxy(proxied: str, service_url: str) -> str:
@@ -109,6 +116,8 @@ def test_only_backend_urls_change_and_each_leads_back_to_the_original(name, serv
             changed += 1
             assert new.strip() != old.strip(), f"{where} still points at the backend"
             assert _normal(_through_the_proxy(new.strip(), service_url)) == _normal(old.strip()), where
+        elif _on_backend_origin(old, service_url):  # outside the directory: the proxy cannot lead there
+            assert new.strip() == "", f"{where} names the backend outside the service's directory"
         else:
             assert new == old, f"{where} changed although it is no backend URL"
     assert changed >= 3
@@ -165,7 +174,9 @@ def test_urls_outside_the_service_directory_are_not_mapped(url, service_url):
 
 @pytest.mark.parametrize(("content_type", "expected"), [
     ("text/xml", True), ("application/xml; charset=ISO-8859-1", True), ("Application/XML", True),
-    ("application/vnd.ogc.wms_xml", False), ("application/vnd.ogc.se_xml", False),
+    ("application/vnd.ogc.wms_xml", True), ("application/vnd.ogc.se_xml", True),
+    ("application/vnd.ogc.gml", True), ("application/vnd.ogc.wfs_xml; charset=utf-8", True),
+    ("application/wms+xml", True), ("text/gml+xml", True), ("application/vnd.ogc.wms", False),
     ("application/atom+xml", True), ("application/gml+xml; version=3.2", True),
     ("text/html", False), ("application/json", False), ("image/png", False), ("", False), (None, False),
     ("application/xml-dtd", False),
