@@ -311,3 +311,112 @@ def test_a_body_just_over_the_application_limit_gets_its_exception_report(app_se
                                headers={"Content-Type": "text/xml"}, timeout=30)
     assert answer.status_code == 413
     assert _report(answer.content).get("exceptionCode") == "NoApplicableCode"
+
+
+# --- 3, 4, 5. what reaches the backend, and what caches may keep ----------------------------------
+
+class Recorder:
+    """A real WSGI backend that records every request and answers with caching headers."""
+
+    def __init__(self) -> None:
+        self.seen: List[dict] = []
+        self.cache_control = "public, max-age=60, s-maxage=600"
+
+    def __call__(self, environ, start_response):
+        self.seen.append({"path": environ["PATH_INFO"], "query": environ["QUERY_STRING"],
+                          "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")}})
+        headers = [("Content-Type", "text/plain"), ("Content-Length", "2"), ("Vary", "Accept-Language")]
+        if self.cache_control:
+            headers.append(("Cache-Control", self.cache_control))
+        start_response("200 OK", headers)
+        return [b"ok"]
+
+
+@pytest.fixture
+def recorded(make_app, store):
+    """(Twitcher with the security tween, the recording backend, a valid token)."""
+    from twitcher.tokens import new_token as make_token
+
+    recorder = Recorder()
+    with serve_wsgi(recorder) as base_url:
+        recorder.seen.clear()
+        store.save_service(service_from_registration(base_url + "/wps?map=/srv/a.map", {"name": "svc"}))
+        clear, record = make_token(1)
+        store.save_token(record)
+        yield make_app(), recorder, clear
+
+
+def _everything_sent(seen: dict) -> str:
+    return " ".join([seen["path"], seen["query"], *seen["headers"].values()])
+
+
+def test_the_token_reaches_the_backend_in_no_header_referer_included(recorded):
+    app, recorder, token = recorded
+    app.get("/ows/proxy/svc/outputs/a.nc", headers={
+        "Authorization": f"Bearer {token}",
+        "Referer": f"http://localhost/ows/proxy/svc?service=WPS&access_token={token}",
+        "X-Debug": f"copy {token}", "Origin": "http://portal.example", "Accept-Language": "de"})
+    app.get(f"/ows/proxy/svc/outputs/b.nc?access_token={token}",
+            headers={"Referer": f"http://portal.example/view/{token}/page"})
+    app.get(f"/ows/proxy/svc/outputs/c.nc?access_token={token}",
+            headers={"Referer": "http://portal.example/view?Token=someone-elses"})
+    assert len(recorder.seen) == 3
+    for seen in recorder.seen:
+        assert token not in _everything_sent(seen)
+        assert "HTTP_REFERER" not in seen["headers"]
+    assert recorder.seen[0]["headers"]["HTTP_ACCEPT_LANGUAGE"] == "de"
+    assert recorder.seen[0]["headers"]["HTTP_ORIGIN"] == "http://portal.example"
+
+
+def test_a_referer_without_a_token_passes(recorded):
+    app, recorder, token = recorded
+    app.get("/ows/proxy/svc/outputs/a.nc", headers={"Access-Token": token, "Referer": "http://portal.example/p?x=1"})
+    assert recorder.seen[0]["headers"]["HTTP_REFERER"] == "http://portal.example/p?x=1"
+
+
+@pytest.mark.parametrize("path", ["/ows/proxy/svc/{t}/outputs/a.nc", "/ows/proxy/svc/outputs/{t}",
+                                  "/ows/proxy/svc/{t}/", "/ows/proxy/svc/x/{encoded}"])
+def test_the_presented_token_as_an_extra_path_segment_is_refused_and_never_forwarded(recorded, path):
+    app, recorder, token = recorded
+    encoded = "".join(f"%{ord(c):02X}" for c in token)
+    answer = app.get(path.format(t=token, encoded=encoded), headers={"Access-Token": token}, status=400)
+    exception = _report(answer.body)
+    assert (exception.get("exceptionCode"), exception.get("locator")) == ("InvalidParameterValue", "extra_path")
+    assert recorder.seen == []
+
+
+def test_the_legacy_token_path_still_reaches_the_service_root_without_the_token(recorded):
+    app, recorder, token = recorded
+    app.get(f"/ows/proxy/svc/{token}?service=WPS&request=Execute&identifier=x")
+    assert recorder.seen[0]["path"] == "/wps"
+    assert token not in _everything_sent(recorder.seen[0])
+
+
+@pytest.mark.parametrize("query", ["map=/etc/passwd", "MAP=/etc/passwd", "%6Dap=/etc/passwd", "map=/srv/a.map",
+                                   "Map=x&map=y"])
+def test_a_client_cannot_add_a_value_for_a_key_the_registered_url_fixes(recorded, query):
+    app, recorder, token = recorded
+    app.get(f"/ows/proxy/svc?service=WPS&request=GetCapabilities&{query}")
+    assert recorder.seen[0]["query"] == "map=/srv/a.map&service=WPS&request=GetCapabilities"
+
+
+def test_answers_to_protected_requests_are_private_and_vary_on_the_token_headers(recorded):
+    app, recorder, token = recorded
+    answer = app.get("/ows/proxy/svc?service=WPS&request=Execute&identifier=x", headers={"Access-Token": token})
+    assert answer.headers["Cache-Control"] == "private, max-age=60"
+    assert [v.strip() for v in answer.headers["Vary"].split(",")] == ["Accept-Language", "Authorization",
+                                                                      "Access-Token"]
+    recorder.cache_control = "no-store"
+    answer = app.get("/ows/proxy/svc/outputs/a.nc", headers={"Authorization": f"Bearer {token}"})
+    assert answer.headers["Cache-Control"] == "private, no-store"
+    recorder.cache_control = None
+    answer = app.head(f"/ows/proxy/svc/outputs/a.nc?access_token={token}")
+    assert answer.headers["Cache-Control"] == "private"
+    assert "Access-Token" in answer.headers["Vary"]
+
+
+def test_answers_to_public_requests_keep_the_backend_caching_headers(recorded):
+    app, recorder, token = recorded
+    answer = app.get("/ows/proxy/svc?service=WPS&request=GetCapabilities")
+    assert answer.headers["Cache-Control"] == "public, max-age=60, s-maxage=600"
+    assert answer.headers["Vary"] == "Accept-Language"
