@@ -473,6 +473,14 @@ def test_xml_in_an_encoding_twitcher_cannot_decode_passes_unchanged(proxy):
     assert answer.body == b"\x8b\x00\x80not-really-brotli"
 
 
+@pytest.mark.parametrize("charset", ["x-unknown", "undefined", "idna"])
+def test_xml_in_a_charset_python_cannot_use_passes_unchanged_not_500(proxy, backend, charset):
+    answer = proxy("/xml").get(f"/ows/proxy/svc?ct=text/xml;charset={charset}")
+    assert answer.status_int == 200
+    assert answer.body.startswith(b'<r xmlns:xlink="http://www.w3.org/1999/xlink">')
+    assert answer.headers["Content-Length"] == str(len(answer.body))
+
+
 def test_json_is_not_rewritten(proxy, backend):
     answer = proxy("/echo").get("/ows/proxy/svc?u=" + backend[1])
     assert answer.json["query"] == "u=" + backend[1]

@@ -14,6 +14,7 @@ from twitcher.owsrewrite import (
     document_encoding,
     is_xml_media_type,
     map_url,
+    parse_link_header,
     rewrite_document,
     rewrite_text,
 )
@@ -239,3 +240,33 @@ def test_non_ascii_text_survives_in_latin_1_and_utf_16():
     for encoding in ("ISO-8859-1", "UTF-16"):
         rewritten = rewrite_document(text.format(encoding).encode(encoding), "http://h/wps", PROXY)
         assert rewritten.decode(encoding) == text.format(encoding).replace("http://h/wps", PROXY)
+
+
+@pytest.mark.parametrize("charset", ["x-unknown", "undefined", "idna", "punycode", "base64", "rot13", "hex",
+                                     "utf-8\x00", "utf-16", "zlib"])
+def test_a_charset_python_cannot_use_leaves_the_document_unchanged(charset):
+    document = b'<?xml version="1.0"?><r href="http://h:5000/wps?a=1">caf\xc3\xa9 \xff</r>'
+    assert rewrite_document(document, "http://h:5000/wps", PROXY, charset) in (
+        document, rewrite_document(document, "http://h:5000/wps", PROXY, "utf-8"))
+
+
+@pytest.mark.parametrize("declared", ["x-unknown", "undefined", "idna", "base64", "uu_codec"])
+def test_a_bogus_encoding_declaration_leaves_the_document_unchanged(declared):
+    document = f'<?xml version="1.0" encoding="{declared}"?><r href="http://h:5000/wps?a=1"/>'.encode()
+    assert rewrite_document(document, "http://h:5000/wps", PROXY) == document
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ('<a>; rel=next', [("a", [("rel", "next")])]),
+    ('<a>;rel="x, y";title*=UTF-8\'de\'n%c3%a4chstes, <b>', [("a", [("rel", '"x, y"'),
+                                                                  ("title*", "UTF-8'de'n%c3%a4chstes")]),
+                                                            ("b", [])]),
+    ('<a>; rel="say \\"hi\\", ok"', [("a", [("rel", '"say \\"hi\\", ok"')])]),
+    (' , <a>,, <b> ,', [("a", []), ("b", [])]),
+    ('', []),
+    ('a; rel=next', None),
+    ('<a>; rel="open', None),
+    ('<a> junk', None),
+])
+def test_link_headers_are_parsed_as_rfc_8288_says(value, expected):
+    assert parse_link_header(value) == expected
