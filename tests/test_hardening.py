@@ -324,7 +324,9 @@ class Recorder:
 
     def __call__(self, environ, start_response):
         self.seen.append({"path": environ["PATH_INFO"], "query": environ["QUERY_STRING"],
-                          "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")}})
+                          "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+                          # waitress applies the trusted X-Forwarded-Host/-Proto to these two
+                          "forwarded_host": environ["HTTP_HOST"], "forwarded_proto": environ["wsgi.url_scheme"]})
         headers = [("Content-Type", "text/plain"), ("Content-Length", "2"), ("Vary", "Accept-Language")]
         if self.cache_control:
             headers.append(("Cache-Control", self.cache_control))
@@ -338,7 +340,9 @@ def recorded(make_app, store):
     from twitcher.tokens import new_token as make_token
 
     recorder = Recorder()
-    with serve_wsgi(recorder) as base_url:
+    # waitress would drop the X-Forwarded-* headers of an untrusted peer: trust Twitcher's.
+    with serve_wsgi(recorder, trusted_proxy="127.0.0.1",
+                    trusted_proxy_headers={"x-forwarded-host", "x-forwarded-proto", "x-forwarded-for"}) as base_url:
         recorder.seen.clear()
         store.save_service(service_from_registration(base_url + "/wps?map=/srv/a.map", {"name": "svc"}))
         clear, record = make_token(1)
@@ -366,6 +370,13 @@ def test_the_token_reaches_the_backend_in_no_header_referer_included(recorded):
         assert "HTTP_REFERER" not in seen["headers"]
     assert recorder.seen[0]["headers"]["HTTP_ACCEPT_LANGUAGE"] == "de"
     assert recorder.seen[0]["headers"]["HTTP_ORIGIN"] == "http://portal.example"
+
+
+def test_forwarding_headers_name_the_public_url_never_the_client_host(recorded):
+    app, recorder, token = recorded
+    app.get("/ows/proxy/svc?service=WPS&request=GetCapabilities", headers={"Host": "evil.example"})
+    seen = recorder.seen[0]
+    assert (seen["forwarded_host"], seen["forwarded_proto"]) == ("localhost", "http")
 
 
 def test_a_referer_without_a_token_passes(recorded):

@@ -523,9 +523,13 @@ def owsproxy_view(request: Request) -> Response:
         raise InvalidParameterValue("The extra path contains the access token; send it in a header.",
                                     locator="extra_path")
     url = target_url(service.url, request.environ.get("QUERY_STRING", ""), extra_path)
+    proxy_url = public_proxy_url(service, settings)
+    # X-Forwarded-Proto and -Host from the public URL, not from the client's Host header: a backend
+    # that builds links from them must not be led to write a host of the client's choosing.
+    public = urlsplit(proxy_url)
     # remote_addr, not client_addr: webob's client_addr believes what X-Forwarded-For claims.
-    headers = forward_request_headers(environ_headers(request.environ), request.remote_addr, request.scheme,
-                                      request.host, access.token)
+    headers = forward_request_headers(environ_headers(request.environ), request.remote_addr, public.scheme,
+                                      public.netloc, access.token)
     body = request_body(request, settings.max_request_body) if request.method == "POST" else None
     slot = request.registry.service_slots.acquire(service.name)
     if slot is None:
@@ -537,7 +541,7 @@ def owsproxy_view(request: Request) -> Response:
                         service.verify, settings.proxy_timeout, slot)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
-        response = proxy_response(upstream, request.method, url, service.url, public_proxy_url(service, settings),
+        response = proxy_response(upstream, request.method, url, service.url, proxy_url,
                                   settings.rewrite_max_bytes, settings.rewrite_timeout)
     except BaseException:
         slot.release()
