@@ -204,8 +204,8 @@ def forward_request_headers(headers: Iterable[Tuple[str, str]], client_addr: Opt
                             scheme: str, host: str, token: Optional[str] = None) -> List[Tuple[str, str]]:
     """The client's end-to-end headers, without credentials for Twitcher, plus ``X-Forwarded-*``.
 
-    ``X-Forwarded-For`` extends the chain the client sent; ``-Proto`` and ``-Host`` describe how
-    the client reached Twitcher, which a backend needs to build links to itself that work.
+    ``X-Forwarded-For`` extends the chain the client sent; ``-Proto`` and ``-Host`` are what the
+    caller passes (the view: the public proxy URL), which a backend needs to build links that work.
     ``token`` is the token the client presented: no header that holds it goes on.
     """
     headers = list(headers)
