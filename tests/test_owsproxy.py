@@ -113,6 +113,44 @@ def test_forwarded_for_extends_the_chain_and_accept_encoding_of_the_client_is_ke
                        "X-Forwarded-Proto": "http", "X-Forwarded-Host": "tw"}
 
 
+SERVICE = "http://h:5000/alias/wps"
+PUBLIC = "https://tw/ows/proxy/emu"
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("Location", "http://h:5000/alias/outputs/x.nc", f"{PUBLIC}/outputs/x.nc"),
+    ("Location", "HTTP://H:5000/alias/wps?service=WPS", f"{PUBLIC}?service=WPS"),
+    ("Location", "//h:5000/alias/jobs/1", f"{PUBLIC}/jobs/1"),
+    ("Location", "/alias/jobs/1#top", f"{PUBLIC}/jobs/1#top"),
+    ("Location", "jobs/1", f"{PUBLIC}/jobs/1"),
+    ("Location", "?request=GetStatus", f"{PUBLIC}?request=GetStatus"),
+    ("Content-Location", "status/7.xml", f"{PUBLIC}/status/7.xml"),
+    ("Location", "/outputs/x.nc", None),  # on the backend's origin, outside the service directory
+    ("Location", "http://h:5000/", None),
+    ("Location", "//h:5000/other", None),
+    ("Location", "../other", None),
+    ("Location", "http://[::1", None),  # cannot be parsed: dropped
+    ("Location", "https://elsewhere.example/x", "https://elsewhere.example/x"),
+    ("Location", "http://h:5001/alias/x", "http://h:5001/alias/x"),  # another origin
+    ("Link", '<jobs/2>; rel="next", </x>; rel="prev"', f'<{PUBLIC}/jobs/2>; rel="next"'),
+    ("Link", '<http://h:5000/alias/a>; rel=self; anchor="/secret"', None),
+    ("Link", '<https://o.example/s>; rel=alternate; anchor="jobs/1"', f'<https://o.example/s>; rel=alternate; '
+                                                                     f'anchor="{PUBLIC}/jobs/1"'),
+    ("Link", '<x>; title="a, b"; rel=next,<https://o.example/y>', f'<{PUBLIC}/x>; title="a, b"; rel=next, '
+                                                               '<https://o.example/y>'),
+    ("Link", 'http://h:5000/alias/a; rel=next', None),  # not RFC 8288: it could hide anything
+    ("Link", '<http://h:5000/alias/a>; rel="unterminated', None),
+])
+def test_backend_urls_in_response_headers_are_resolved_and_rewritten_or_dropped(name, value, expected):
+    headers = forward_response_headers([(name, value)], SERVICE, PUBLIC, SERVICE + "?service=WPS")
+    assert headers == ([] if expected is None else [(name, expected)])
+
+
+def test_relative_locations_resolve_against_the_url_the_request_went_to():
+    headers = forward_response_headers([("Location", "2.xml")], SERVICE, PUBLIC, "http://h:5000/alias/status/1.xml")
+    assert headers == [("Location", f"{PUBLIC}/status/2.xml")]
+
+
 def test_response_headers_lose_hop_by_hop_and_keep_repeated_end_to_end_headers():
     headers = forward_response_headers([
         ("Content-Type", "text/plain"), ("Content-Length", "5"), ("Transfer-Encoding", "chunked"),
@@ -234,7 +272,7 @@ class Backend:
             start_response("200 OK", [("Content-Type", "application/octet-stream"),
                                       ("Content-Length", str(64 * 65536))])
             return iter([b"\x00" * 65536] * 64)
-        if path == "/xml":
+        if path.endswith("/xml"):
             content_type = environ["QUERY_STRING"].partition("ct=")[2].replace("%2B", "+") or "text/xml"
             return self._answer(start_response, "200 OK", content_type, links.encode())
         if path == "/gzip":
@@ -250,6 +288,9 @@ class Backend:
         if path == "/redirect":
             return self._answer(start_response, "302 Found", "text/plain", b"",
                                 [("Location", f"http://{host}/outputs/f.nc")])
+        if path.endswith("/answer-headers"):  # answers with the headers the test asks for
+            extra = [tuple(pair) for pair in json.loads(environ["HTTP_X_ANSWER_HEADERS"])]
+            return self._answer(start_response, "200 OK", "text/plain", b"ok", extra)
         if path == "/teapot":
             return self._answer(start_response, "418 I'm a teapot", "text/plain", b"short and stout",
                                 [("X-Custom", "yes"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
@@ -357,7 +398,10 @@ def test_unknown_service_is_404(proxy):
         ("InvalidParameterValue", "service_name")
 
 
-@pytest.mark.parametrize("content_type", ["text/xml", "application/xml; charset=utf-8", "application/wps+xml"])
+@pytest.mark.parametrize("content_type", [
+    "text/xml", "application/xml; charset=utf-8", "application/wps+xml", "application/vnd.ogc.wms_xml",
+    "application/vnd.ogc.se_xml", "application/gml+xml; version=3.2", "application/vnd.ogc.gml",
+])
 def test_backend_links_in_xml_point_at_twitcher(proxy, content_type):
     answer = proxy("/xml").get(f"/ows/proxy/svc?ct={content_type.replace('+', '%2B')}")
     root = etree.fromstring(answer.body)
@@ -366,6 +410,41 @@ def test_backend_links_in_xml_point_at_twitcher(proxy, content_type):
     assert root.find("out").get("href") == "http://localhost/ows/proxy/svc/outputs/f.nc"
     assert root.find("ext").get("href") == "http://elsewhere.example/wps"
     assert answer.headers["Content-Length"] == str(len(answer.body))
+
+
+def test_backend_urls_outside_the_service_directory_are_emptied(proxy, backend):
+    """Registered at /alias/x/xml, outputs at /outputs/: the proxy cannot lead there, and the
+    client must not learn the backend's address from them."""
+    answer = proxy("/alias/x/xml").get("/ows/proxy/svc")
+    root = etree.fromstring(answer.body)
+    assert root.find("op").get("{http://www.w3.org/1999/xlink}href") == \
+        "http://localhost/ows/proxy/svc?service=WPS&a=1"
+    assert root.find("out").get("href") == ""
+    assert backend[1].encode() not in answer.body
+
+
+def _answer_headers(proxy, headers, service_path="/wps", path="/ows/proxy/svc/answer-headers"):
+    app = proxy(service_path)
+    return app.get(path, headers={"X-Answer-Headers": json.dumps(headers)}).headers
+
+
+def test_backend_location_headers_in_every_form_lead_through_the_proxy_or_are_dropped(proxy, backend):
+    host = backend[1][len("http://"):]
+    headers = _answer_headers(proxy, [["Location", "outputs/a.nc"]])
+    assert headers["Location"] == "http://localhost/ows/proxy/svc/outputs/a.nc"
+    headers = _answer_headers(proxy, [["Location", f"//{host}/jobs/1"], ["Content-Location", "/jobs/2"]])
+    assert headers["Location"] == "http://localhost/ows/proxy/svc/jobs/1"
+    assert headers["Content-Location"] == "http://localhost/ows/proxy/svc/jobs/2"
+    headers = _answer_headers(proxy, [["Location", "/outputs/a.nc"], ["Link", '</outputs/b>; rel="next"']],
+                              service_path="/alias/x/wps")
+    assert "Location" not in headers and "Link" not in headers
+
+
+def test_backend_link_headers_are_parsed_and_each_target_rewritten(proxy, backend):
+    headers = _answer_headers(proxy, [["Link", f'<{backend[1]}/jobs?page=2>; rel="next"; title="a, <b>; c", '
+                                               '<https://docs.example/x>; rel=describedby']])
+    assert headers["Link"] == ('<http://localhost/ows/proxy/svc/jobs?page=2>; rel="next"; title="a, <b>; c", '
+                               '<https://docs.example/x>; rel=describedby')
 
 
 def test_purl_decides_the_public_base_of_rewritten_links(proxy):
@@ -392,6 +471,14 @@ def test_xml_in_an_encoding_twitcher_cannot_decode_passes_unchanged(proxy):
     answer = Request.blank("/ows/proxy/svc", headers={"Accept-Encoding": "br"}).get_response(app)
     assert answer.headers["Content-Encoding"] == "br"
     assert answer.body == b"\x8b\x00\x80not-really-brotli"
+
+
+@pytest.mark.parametrize("charset", ["x-unknown", "undefined", "idna"])
+def test_xml_in_a_charset_python_cannot_use_passes_unchanged_not_500(proxy, backend, charset):
+    answer = proxy("/xml").get(f"/ows/proxy/svc?ct=text/xml;charset={charset}")
+    assert answer.status_int == 200
+    assert answer.body.startswith(b'<r xmlns:xlink="http://www.w3.org/1999/xlink">')
+    assert answer.headers["Content-Length"] == str(len(answer.body))
 
 
 def test_json_is_not_rewritten(proxy, backend):

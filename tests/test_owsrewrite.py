@@ -14,6 +14,7 @@ from twitcher.owsrewrite import (
     document_encoding,
     is_xml_media_type,
     map_url,
+    parse_link_header,
     rewrite_document,
     rewrite_text,
 )
@@ -71,11 +72,18 @@ def _normal(url: str) -> tuple:
 def _is_backend_url(value: str, service_url: str) -> bool:
     """Independent of the code under test: same origin, path in the service's directory."""
     value = value.strip()
-    if not value.lower().startswith(("http://", "https://")) or " " in value:
+    if not _on_backend_origin(value, service_url):
         return False
     url, service = _normal(value), _normal(service_url)
     directory = service[3][: service[3].rfind("/") + 1]
-    return url[:3] == service[:3] and url[3].startswith(directory)
+    return url[3].startswith(directory)
+
+
+def _on_backend_origin(value: str, service_url: str) -> bool:
+    value = value.strip()
+    if not value.lower().startswith(("http://", "https://")) or " " in value:
+        return False
+    return _normal(value)[:3] == _normal(service_url)[:3]
 
 
 def _through_the_proxy(proxied: str, service_url: str) -> str:
@@ -109,6 +117,8 @@ def test_only_backend_urls_change_and_each_leads_back_to_the_original(name, serv
             changed += 1
             assert new.strip() != old.strip(), f"{where} still points at the backend"
             assert _normal(_through_the_proxy(new.strip(), service_url)) == _normal(old.strip()), where
+        elif _on_backend_origin(old, service_url):  # outside the directory: the proxy cannot lead there
+            assert new.strip() == "", f"{where} names the backend outside the service's directory"
         else:
             assert new == old, f"{where} changed although it is no backend URL"
     assert changed >= 3
@@ -165,7 +175,9 @@ def test_urls_outside_the_service_directory_are_not_mapped(url, service_url):
 
 @pytest.mark.parametrize(("content_type", "expected"), [
     ("text/xml", True), ("application/xml; charset=ISO-8859-1", True), ("Application/XML", True),
-    ("application/vnd.ogc.wms_xml", False), ("application/vnd.ogc.se_xml", False),
+    ("application/vnd.ogc.wms_xml", True), ("application/vnd.ogc.se_xml", True),
+    ("application/vnd.ogc.gml", True), ("application/vnd.ogc.wfs_xml; charset=utf-8", True),
+    ("application/wms+xml", True), ("text/gml+xml", True), ("application/vnd.ogc.wms", False),
     ("application/atom+xml", True), ("application/gml+xml; version=3.2", True),
     ("text/html", False), ("application/json", False), ("image/png", False), ("", False), (None, False),
     ("application/xml-dtd", False),
@@ -228,3 +240,33 @@ def test_non_ascii_text_survives_in_latin_1_and_utf_16():
     for encoding in ("ISO-8859-1", "UTF-16"):
         rewritten = rewrite_document(text.format(encoding).encode(encoding), "http://h/wps", PROXY)
         assert rewritten.decode(encoding) == text.format(encoding).replace("http://h/wps", PROXY)
+
+
+@pytest.mark.parametrize("charset", ["x-unknown", "undefined", "idna", "punycode", "base64", "rot13", "hex",
+                                     "utf-8\x00", "utf-16", "zlib"])
+def test_a_charset_python_cannot_use_leaves_the_document_unchanged(charset):
+    document = b'<?xml version="1.0"?><r href="http://h:5000/wps?a=1">caf\xc3\xa9 \xff</r>'
+    assert rewrite_document(document, "http://h:5000/wps", PROXY, charset) in (
+        document, rewrite_document(document, "http://h:5000/wps", PROXY, "utf-8"))
+
+
+@pytest.mark.parametrize("declared", ["x-unknown", "undefined", "idna", "base64", "uu_codec"])
+def test_a_bogus_encoding_declaration_leaves_the_document_unchanged(declared):
+    document = f'<?xml version="1.0" encoding="{declared}"?><r href="http://h:5000/wps?a=1"/>'.encode()
+    assert rewrite_document(document, "http://h:5000/wps", PROXY) == document
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ('<a>; rel=next', [("a", [("rel", "next")])]),
+    ('<a>;rel="x, y";title*=UTF-8\'de\'n%c3%a4chstes, <b>', [("a", [("rel", '"x, y"'),
+                                                                  ("title*", "UTF-8'de'n%c3%a4chstes")]),
+                                                            ("b", [])]),
+    ('<a>; rel="say \\"hi\\", ok"', [("a", [("rel", '"say \\"hi\\", ok"')])]),
+    (' , <a>,, <b> ,', [("a", []), ("b", [])]),
+    ('', []),
+    ('a; rel=next', None),
+    ('<a>; rel="open', None),
+    ('<a> junk', None),
+])
+def test_link_headers_are_parsed_as_rfc_8288_says(value, expected):
+    assert parse_link_header(value) == expected

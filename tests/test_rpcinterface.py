@@ -396,3 +396,63 @@ def test_server_proxy_without_credentials_gets_401(live_twitcher, store, arrange
     headers = {k.lower(): v for k, v in caught.value.headers.items()}
     assert headers["www-authenticate"].startswith('Basic realm="twitcher"')
     assert snapshot(store) == before
+
+
+# -- arguments nested too deeply ------------------------------------------------------------------
+
+def _nested_call(method: str, before: str, depth: int, kind: str = "array") -> bytes:
+    opening, closing = {
+        "array": ("<array><data><value>", "</value></data></array>"),
+        "struct": ("<struct><member><name>k</name><value>", "</value></member></struct>"),
+    }[kind]
+    return (f"<?xml version='1.0'?><methodCall><methodName>{method}</methodName><params>{before}"
+            f"<param><value>{opening * depth}<string>x</string>{closing * depth}</value></param>"
+            "</params></methodCall>").encode()
+
+
+@pytest.mark.parametrize(("method", "before", "kind", "argument"), [
+    ("register_service", f"<param><value><string>{WPS_URL}</string></value></param>", "array", "data"),
+    ("generate_token", "<param><value><int>1</int></value></param>", "struct", "environ"),
+    ("revoke_token", "", "array", "token"),
+])
+def test_deeply_nested_arguments_get_a_fault_naming_the_argument_without_parsing(testapp, store, method, before,
+                                                                                 kind, argument):
+    import tracemalloc
+
+    body = _nested_call(method, before, 100_000, kind)
+    before_state = snapshot(store)
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        answer = testapp.post("/RPC2", body, headers={"Content-Type": "text/xml", "Authorization": ADMIN_AUTH})
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    refused = fault(answer)
+    assert refused.faultCode == rpcinterface.FAULT_INVALID_ARGUMENT
+    assert f"{method}: argument {argument} nests" in refused.faultString
+    # Parsing it would have built 100000 nested containers (about 150 MB); the scan keeps nothing.
+    assert peak < 4 * len(body) + (8 << 20)
+    assert elapsed < 5
+    assert snapshot(store) == before_state
+
+
+def test_nesting_within_the_bound_is_parsed_as_usual(testapp):
+    answer = testapp.post("/RPC2", _nested_call("revoke_token", "", rpcinterface.MAX_ARGUMENT_DEPTH),
+                          headers={"Content-Type": "text/xml", "Authorization": ADMIN_AUTH})
+    assert "token must be a string" in fault(answer).faultString
+
+
+def test_an_xml_rpc_body_with_a_doctype_is_refused(testapp):
+    body = (b"<?xml version='1.0'?><!DOCTYPE m [<!ENTITY a '<array><data><value>x</value></data></array>'>]>"
+            b"<methodCall><methodName>revoke_token</methodName><params><param><value>&a;</value></param>"
+            b"</params></methodCall>")
+    answer = testapp.post("/RPC2", body, headers={"Content-Type": "text/xml", "Authorization": ADMIN_AUTH})
+    assert fault(answer).faultCode == rpcinterface.FAULT_NOT_WELL_FORMED
+
+
+def test_strangers_get_401_before_their_nesting_is_looked_at(testapp):
+    answer = testapp.post("/RPC2", _nested_call("list_services", "", 1000), headers={"Content-Type": "text/xml"},
+                          status=401)
+    assert "WWW-Authenticate" in answer.headers

@@ -13,6 +13,13 @@ def test_home_names_twitcher_and_links_routes(testapp):
     assert "wps" not in body["links"]
 
 
+def test_home_links_come_from_twitcher_url_never_from_the_host_header(make_app):
+    links = make_app(url="https://public.example/tw").get(
+        "/", headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example"}).json["links"]
+    assert links == {"health": "https://public.example/tw/health", "rpcinterface": "https://public.example/tw/RPC2",
+                     "ows_proxy": "https://public.example/tw/ows/proxy/{service_name}"}
+
+
 def test_home_links_follow_the_enabled_features(make_app):
     links = make_app(rpcinterface="false", ows_proxy="false", protected_path="/secure").get("/").json["links"]
     assert set(links) == {"health"}

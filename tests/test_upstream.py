@@ -14,6 +14,7 @@ from tests.servers import serve_wsgi
 from twitcher.upstream import (
     RECEIVE_BUFFER,
     STREAM_BUFFER,
+    ServiceSlots,
     Upstream,
     UpstreamBroken,
     UpstreamTimeout,
@@ -228,3 +229,71 @@ def test_a_thread_s_handles_and_connections_go_with_the_thread(upstream, recorde
         thread.join(timeout=10)
     gc.collect()
     assert len(states) == 4 and all(state() is None for state in states)
+
+
+def test_answer_headers_trickled_a_byte_at_a_time_end_at_the_read_timeout(upstream):
+    """Each byte resets the silence, so only a total deadline for the headers ends the wait."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(50):  # 5 s at most, then the connection closes
+                if stop.wait(0.1):
+                    return
+                try:
+                    conn.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamTimeout):
+            upstream.exchange("GET", f"http://127.0.0.1:{listener.getsockname()[1]}/", [], None, True, (2.0, 1.0))
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_service_slots_bound_each_service_apart_and_release_once():
+    slots = ServiceSlots(2)
+    first, second = slots.acquire("a"), slots.acquire("a")
+    assert slots.acquire("a") is None
+    other = slots.acquire("b")
+    assert other is not None and slots.in_flight("b") == 1
+    first.release()
+    first.release()  # a second release gives nothing back twice
+    assert slots.in_flight("a") == 1
+    third = slots.acquire("a")
+    assert third is not None and slots.acquire("a") is None
+    for slot in (second, third, other):
+        slot.release()
+    assert slots.in_flight("a") == slots.in_flight("b") == 0
+
+
+def test_an_exchange_gives_its_slot_back_when_it_ends_or_fails(upstream, recorder):
+    slots = ServiceSlots(1)
+    exchange = upstream.exchange("GET", recorder[1] + "/ok", [], None, True, TIMEOUT, slots.acquire("svc"))
+    assert slots.in_flight("svc") == 1
+    exchange.close()
+    assert slots.in_flight("svc") == 0
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(UpstreamUnreachable):
+        upstream.exchange("GET", f"http://127.0.0.1:{port}/", [], None, True, TIMEOUT, slots.acquire("svc"))
+    assert slots.in_flight("svc") == 0
+    # an exchange nobody closed is closed by the thread's next one, and its slot with it
+    upstream.exchange("GET", recorder[1] + "/ok", [], None, True, TIMEOUT, slots.acquire("svc"))
+    assert slots.in_flight("svc") == 1
+    upstream.exchange("GET", recorder[1] + "/ok", [], None, True, TIMEOUT).close()
+    assert slots.in_flight("svc") == 0

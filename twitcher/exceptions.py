@@ -107,6 +107,16 @@ class GatewayTimeout(OWSException):
     status = 504
 
 
+class ServiceBusy(OWSException):
+    """The service has as many exchanges in flight as Twitcher allows; ``retry_after`` seconds."""
+
+    status = 503
+
+    def __init__(self, text: str, retry_after: int):
+        super().__init__(text)
+        self.retry_after = retry_after
+
+
 class StoreDown(OWSException):
     """What an OWS client sees when :class:`StoreUnavailable` was raised."""
 

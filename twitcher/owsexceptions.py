@@ -58,6 +58,9 @@ def ows_exception_response(exc: OWSException) -> Response:
                         content_type=XML_CONTENT_TYPE, charset="utf-8")
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="twitcher"'
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 

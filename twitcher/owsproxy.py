@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+import weakref
 import zlib
 from itertools import chain
 from typing import IO, Iterable, Iterator, List, Optional, Tuple, Union
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from pyramid.request import Request
 from pyramid.response import Response
@@ -45,20 +47,26 @@ from .exceptions import (
     InvalidParameterValue,
     OperationNotSupported,
     RequestTooLarge,
+    ServiceBusy,
     UnknownService,
 )
-from .owsrewrite import charset_param, is_xml_media_type, map_url, rewrite_document
+from .owsrewrite import charset_param, is_xml_media_type, rewrite_document, rewrite_link_header, rewrite_reference
 from .services import Service
 from .settings import TwitcherSettings
-from .tokens import strip_token_params
-from .tweens import SERVICE_ATTR
-from .upstream import Exchange, Upstream, UpstreamError, UpstreamTimeout
+from .tokens import strip_token_params, token_params
+from .tweens import ACCESS_ATTR, SERVICE_ATTR, Access
+from .upstream import Exchange, ServiceSlots, Slot, Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
 #: Bytes of a request body read from the client at a time, and of a document read for rewriting.
 CHUNK_SIZE = 64 * 1024
 ALLOWED_METHODS = ("GET", "HEAD", "POST")
+#: Seconds a client is asked to wait (``Retry-After``) when a service has no free slot: a stuck
+#: backend holds its slots until the timeouts end its exchanges, so retrying at once is pointless.
+RETRY_AFTER = 5
+#: The request headers that carry a token, which a shared cache must key an answer on.
+TOKEN_HEADERS = ("Authorization", "Access-Token")
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -115,8 +123,30 @@ def target_url(service_url: str, query_string: str, extra_path: Optional[str] = 
         directory = parts.path[: parts.path.rfind("/") + 1] or "/"
         path, query = directory + _safe_relative_path(extra_path), client_query
     else:
+        if parts.query and client_query:
+            client_query = _without_keys(client_query, _query_keys(parts.query))
         path, query = parts.path, "&".join(q for q in (parts.query, client_query) if q)
     return urlunsplit((parts.scheme, parts.netloc, path, _wire_query(query), ""))
+
+
+def _query_keys(query: str) -> frozenset:
+    """The keys of a raw query string, decoded and lower-cased (OWS keys ignore letter case)."""
+    return frozenset(unquote_plus(pair.partition("=")[0]).strip().lower() for pair in query.split("&") if pair)
+
+
+def _without_keys(query: str, keys: frozenset) -> str:
+    """The client's raw query without the pairs whose key the registered URL fixes.
+
+    The registered value wins: a second ``map=`` (MapServer) or ``coverage=`` from the client
+    would otherwise reach the backend beside it, and which one a backend takes is its own affair.
+    The client's copy is dropped rather than refused, because clients repeat what a capabilities
+    document or an old link gave them; it can never take effect either way.
+    """
+    pairs = query.split("&")
+    kept = [pair for pair in pairs if unquote_plus(pair.partition("=")[0]).strip().lower() not in keys]
+    if len(kept) != len(pairs):
+        log.debug("dropped client query parameters that the registered URL fixes")
+    return "&".join(kept)
 
 
 def _wire_query(query: str) -> str:
@@ -154,17 +184,35 @@ def environ_headers(environ: dict) -> Iterator[Tuple[str, str]]:
             yield key.replace("_", "-").title(), value
 
 
+def _carries_token(key: str, value: str, token: Optional[str]) -> bool:
+    """True for a header that holds the client's token, or a ``Referer`` with a token parameter.
+
+    A browser that opened a proxy URL with ``?access_token=`` names that URL in the ``Referer`` of
+    every request the page makes; the token may also sit in the path (``/proxy/emu/<token>``) or in
+    any header a client invents. Such headers are dropped whole: a Referer is a courtesy, and
+    editing it would have to guess which part is the credential.
+    """
+    if token and token in value:
+        return True
+    if key.lower() == "referer":
+        _, _, query = value.partition("?")
+        return bool(query) and bool(token_params(query.partition("#")[0]))
+    return False
+
+
 def forward_request_headers(headers: Iterable[Tuple[str, str]], client_addr: Optional[str],
-                            scheme: str, host: str) -> List[Tuple[str, str]]:
+                            scheme: str, host: str, token: Optional[str] = None) -> List[Tuple[str, str]]:
     """The client's end-to-end headers, without credentials for Twitcher, plus ``X-Forwarded-*``.
 
-    ``X-Forwarded-For`` extends the chain the client sent; ``-Proto`` and ``-Host`` describe how
-    the client reached Twitcher, which a backend needs to build links to itself that work.
+    ``X-Forwarded-For`` extends the chain the client sent; ``-Proto`` and ``-Host`` are what the
+    caller passes (the view: the public proxy URL), which a backend needs to build links that work.
+    ``token`` is the token the client presented: no header that holds it goes on.
     """
     headers = list(headers)
     dropped = _REQUEST_DROPPED | _connection_tokens(headers)
     forwarded_for = [v for k, v in headers if k.lower() == "x-forwarded-for"]
-    kept = [(k, v) for k, v in headers if k.lower() not in dropped and not k.lower().startswith("x-ssl-")]
+    kept = [(k, v) for k, v in headers if k.lower() not in dropped and not k.lower().startswith("x-ssl-")
+            and not _carries_token(k, v, token)]
     if not any(k.lower() == "accept-encoding" for k, _ in kept):
         # The client takes the body as it comes; do not let a backend compress what it cannot read.
         kept.append(("Accept-Encoding", "identity"))
@@ -178,17 +226,58 @@ def forward_request_headers(headers: Iterable[Tuple[str, str]], client_addr: Opt
 
 
 def forward_response_headers(headers: Iterable[Tuple[str, str]], service_url: str,
-                             proxy_url: str) -> List[Tuple[str, str]]:
-    """The backend's end-to-end headers; a redirect to the backend itself is sent through the proxy."""
+                             proxy_url: str, request_url: Optional[str] = None) -> List[Tuple[str, str]]:
+    """The backend's end-to-end headers, none of which names the backend.
+
+    ``Location``, ``Content-Location`` and each target of ``Link`` (RFC 8288, ``anchor`` too) are
+    resolved against ``request_url`` (the URL the request went to; the service URL by default)
+    and then lead through the proxy when they point into the service's directory, are dropped
+    when they point elsewhere on the backend's origin, and pass when they point elsewhere
+    (:func:`twitcher.owsrewrite.rewrite_reference`).
+    """
     headers = list(headers)
     dropped = _RESPONSE_DROPPED | _connection_tokens(headers)
+    base = request_url or service_url
     kept = []
     for key, value in headers:
-        if key.lower() in dropped:
+        lower = key.lower()
+        if lower in dropped:
             continue
-        if key.lower() in ("location", "content-location"):
-            value = map_url(value, service_url, proxy_url) or value
+        if lower in ("location", "content-location"):
+            value = rewrite_reference(value, base, service_url, proxy_url)
+        elif lower == "link":
+            value = rewrite_link_header(value, base, service_url, proxy_url)
+        if value is None:
+            log.debug("dropped the backend's %s header: it names the backend", key)
+            continue
         kept.append((key, value))
+    return kept
+
+
+def private_cache_headers(headers: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    """``headers`` of an answer to a protected request, made unfit for shared caches.
+
+    ``Cache-Control`` gets ``private`` (a backend's ``public``, ``s-maxage`` and
+    ``proxy-revalidate`` go, its other directives, ``no-store`` among them, stay) and ``Vary``
+    names the token headers, so that no cache between Twitcher and the client hands a protected
+    answer to someone else.
+    """
+    directives, vary, kept = [], [], []
+    for key, value in headers:
+        lower = key.lower()
+        if lower == "cache-control":
+            directives += [d.strip() for d in value.split(",") if d.strip()]
+        elif lower == "vary":
+            vary += [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            kept.append((key, value))
+    directives = [d for d in directives
+                  if d.partition("=")[0].strip().lower() not in ("public", "s-maxage", "proxy-revalidate", "private")]
+    kept.append(("Cache-Control", ", ".join(["private"] + directives)))
+    if "*" not in vary:
+        present = {v.lower() for v in vary}
+        vary += [name for name in TOKEN_HEADERS if name.lower() not in present]
+    kept.append(("Vary", ", ".join(vary)))
     return kept
 
 
@@ -246,14 +335,15 @@ def request_body(request: Request, limit: int) -> Union[BoundedBody, bytes]:
 
 def send(upstream: Upstream, method: str, url: str, headers: List[Tuple[str, str]],
          body: Union[BoundedBody, bytes, None], verify: Union[bool, str],
-         timeout: Tuple[float, float]) -> Exchange:
+         timeout: Tuple[float, float], slot: Optional[Slot] = None) -> Exchange:
     """Send the request upstream and wait for the answer's headers; failures become OWS errors.
 
     A :class:`SizedBody` goes out with its ``Content-Length``, a :class:`BoundedBody` of unknown
-    length chunked; both are streamed, never held whole in memory.
+    length chunked; both are streamed, never held whole in memory. ``slot`` goes with the exchange
+    and is released when it ends.
     """
     try:
-        return upstream.exchange(method, url, list(_merge(headers)), body, verify, timeout)
+        return upstream.exchange(method, url, list(_merge(headers)), body, verify, timeout, slot)
     except UpstreamTimeout as exc:
         log.warning("backend %s did not answer in time: %s", _loggable(url), exc.detail)
         raise GatewayTimeout("The service did not answer in time.") from None
@@ -283,13 +373,16 @@ class StreamedBody:
     """A WSGI ``app_iter`` over the backend's body; ``close()`` releases the backend connection.
 
     The WSGI server calls ``close()`` when the client is done, also when it went away early, so an
-    abandoned download does not keep a backend connection busy.
+    abandoned download does not keep a backend connection busy. Should nobody call it (a tween
+    that fails after the view), the service slot is still given back when the body is collected.
     """
 
     def __init__(self, upstream: Exchange, url: str, chunks: Iterable[bytes], prefix: Iterable[bytes] = ()):
         self.upstream = upstream
         self.url = url
         self.chunks = chain(prefix, chunks)
+        if upstream.slot is not None:
+            weakref.finalize(self, upstream.slot.release)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -344,12 +437,15 @@ def _header(headers: List[Tuple[str, str]], name: str) -> Optional[str]:
 
 
 def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, proxy_url: str,
-                   rewrite_max_bytes: int) -> Response:
+                   rewrite_max_bytes: int, rewrite_timeout: Optional[float] = None) -> Response:
     """The answer to the client: status, end-to-end headers and the streamed, maybe rewritten body.
 
-    ``method`` and ``url`` are those of the request sent upstream (``url`` for the log only).
+    ``method`` and ``url`` are those of the request sent upstream (``url`` resolves relative
+    links in headers, and goes to the log). A document read for rewriting must arrive whole within
+    ``rewrite_timeout`` seconds (504 otherwise): read timeouts count silences only, and a backend
+    that trickles a byte at a time would otherwise hold the worker thread as long as it likes.
     """
-    headers = forward_response_headers(upstream.headers, service_url, proxy_url)
+    headers = forward_response_headers(upstream.headers, service_url, proxy_url, url)
     content_type = _header(upstream.headers, "content-type")
     length = _header(upstream.headers, "content-length")
     length = int(length) if length and length.isdigit() else None
@@ -375,21 +471,29 @@ def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, 
     if encoding != "identity":
         headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
         chunks = _decoded(chunks, encoding)
+    if rewrite_timeout is not None:
+        upstream.deadline = time.monotonic() + rewrite_timeout
     try:
         read, complete = _read_up_to(chunks, rewrite_max_bytes)
-    except UpstreamTimeout:
+    except UpstreamTimeout as exc:
         upstream.close()
-        raise GatewayTimeout("The service did not answer in time.") from None
+        log.warning("backend %s did not send its document in time: %s", _loggable(url), exc.detail)
+        raise GatewayTimeout("The service did not send its answer in time.") from None
     except (UpstreamError, zlib.error) as exc:
         upstream.close()
         log.warning("backend %s sent a broken answer: %s", _loggable(url), exc)
         raise BadGateway("The service sent a broken answer.") from None
+    upstream.deadline = None  # a document too large to rewrite streams at its own pace
     if not complete:
         if length is not None and encoding == "identity":
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, chunks, read))
     upstream.close()
-    body = rewrite_document(b"".join(read), service_url, proxy_url, charset_param(content_type))
+    body = b"".join(read)
+    try:
+        body = rewrite_document(body, service_url, proxy_url, charset_param(content_type))
+    except Exception:  # a document the rewriting cannot handle goes on as it came, never a 500
+        log.exception("backend %s sent a document that could not be rewritten; passed on as is", _loggable(url))
     headers.append(("Content-Length", str(len(body))))
     return Response(status=status, headerlist=headers, app_iter=[body])
 
@@ -413,17 +517,38 @@ def owsproxy_view(request: Request) -> Response:
     if service is None:
         raise UnknownService(name)
     settings: TwitcherSettings = request.registry.twitcher
-    url = target_url(service.url, request.environ.get("QUERY_STRING", ""), request.matchdict.get("extra_path"))
+    access: Access = getattr(request, ACCESS_ATTR, None) or Access(None, False)
+    extra_path = request.matchdict.get("extra_path")
+    if access.token and extra_path and access.token in (unquote(s) for s in extra_path.split("/")):
+        raise InvalidParameterValue("The extra path contains the access token; send it in a header.",
+                                    locator="extra_path")
+    url = target_url(service.url, request.environ.get("QUERY_STRING", ""), extra_path)
+    proxy_url = public_proxy_url(service, settings)
+    # X-Forwarded-Proto and -Host from the public URL, not from the client's Host header: a backend
+    # that builds links from them must not be led to write a host of the client's choosing.
+    public = urlsplit(proxy_url)
     # remote_addr, not client_addr: webob's client_addr believes what X-Forwarded-For claims.
-    headers = forward_request_headers(environ_headers(request.environ), request.remote_addr, request.scheme,
-                                      request.host)
+    headers = forward_request_headers(environ_headers(request.environ), request.remote_addr, public.scheme,
+                                      public.netloc, access.token)
     body = request_body(request, settings.max_request_body) if request.method == "POST" else None
-    upstream = send(request.registry.upstream, request.method, url, headers, body,
-                    service.verify, settings.proxy_timeout)
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
-    return proxy_response(upstream, request.method, url, service.url, public_proxy_url(service, settings),
-                          settings.rewrite_max_bytes)
+    slot = request.registry.service_slots.acquire(service.name)
+    if slot is None:
+        log.warning("service %s has %d exchanges in flight already: refused", service.name,
+                    settings.max_inflight_per_service)
+        raise ServiceBusy("The service is busy; try again later.", retry_after=RETRY_AFTER)
+    try:
+        upstream = send(request.registry.upstream, request.method, url, headers, body,
+                        service.verify, settings.proxy_timeout, slot)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
+        response = proxy_response(upstream, request.method, url, service.url, proxy_url,
+                                  settings.rewrite_max_bytes, settings.rewrite_timeout)
+    except BaseException:
+        slot.release()
+        raise
+    if access.protected:
+        response.headerlist = private_cache_headers(response.headerlist)
+    return response
 
 
 def includeme(config) -> None:
@@ -431,6 +556,7 @@ def includeme(config) -> None:
     405 itself, because a route predicate mismatch would be a misleading 404."""
     prefix = config.registry.twitcher.protected_path
     config.registry.upstream = Upstream()
+    config.registry.service_slots = ServiceSlots(config.registry.twitcher.max_inflight_per_service)
     config.add_route("owsproxy", prefix + "/proxy/{service_name}")
     config.add_route("owsproxy_extra", prefix + "/proxy/{service_name}/{extra_path:.*}")
     config.add_view(owsproxy_view, route_name="owsproxy")

@@ -11,6 +11,14 @@ the original URL (see :mod:`twitcher.owsproxy`):
     ``http://h:5000/wps?service=WPS``   -> ``https://tw/ows/proxy/emu?service=WPS``
     ``http://h:5000/outputs/x.nc``      -> ``https://tw/ows/proxy/emu/outputs/x.nc``
     ``http://other:8080/wps``           -> unchanged (another origin)
+    ``http://h:5000/x/../other``        -> emptied (on the origin, outside the directory)
+
+A URL on the backend's origin but outside the service's directory (a service registered at
+``/alias/x/wps`` whose outputs live at ``/outputs/``) is *emptied*, not left alone and not mapped:
+the client cannot reach the backend, so the backend URL would only tell it the backend's address,
+and mapping the rest of the origin would open through the proxy what nobody registered. Put the
+outputs under the service's directory (PyWPS ``outputurl``), or register the outputs' directory as
+a service of its own. Response headers follow the same rules (:func:`rewrite_reference`).
 
 The rewriting is a text substitution on attribute values and text nodes that are exactly a URL,
 not a parse and serialise round trip: it is about eight times faster (45 ms against 350 ms for a
@@ -26,11 +34,15 @@ import logging
 import re
 from functools import lru_cache
 from typing import Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 log = logging.getLogger(__name__)
 
-_XML_SUBTYPE = re.compile(r"^(?:text/xml|application/xml|application/[\w.+-]+\+xml)$")
+# XML by its media type: the generic ones, any +xml suffix (RFC 6839: application/gml+xml,
+# application/wps+xml...), and the pre-suffix OGC types (application/vnd.ogc.wms_xml,
+# application/vnd.ogc.se_xml, application/vnd.ogc.gml).
+_XML_SUBTYPE = re.compile(r"^(?:text/xml|application/xml|(?:text|application)/[\w.+-]+\+xml"
+                          r"|application/vnd\.ogc\.(?:[\w.-]+_xml|gml))$")
 _DECLARED_ENCODING = re.compile(rb"""^<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z][\w.:-]*)["']""")
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -43,7 +55,8 @@ _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 
 
 def is_xml_media_type(content_type: Optional[str]) -> bool:
-    """True for ``text/xml``, ``application/xml`` and ``application/*+xml``, whatever the parameters."""
+    """True for ``text/xml``, ``application/xml``, ``*/*+xml`` and the OGC ``vnd.ogc`` XML types,
+    whatever the parameters."""
     if not content_type:
         return False
     return bool(_XML_SUBTYPE.match(content_type.split(";", 1)[0].strip().lower()))
@@ -222,9 +235,9 @@ def rewrite_text(document: str, service_url: str, proxy_url: str) -> str:
         raw = match.group("rest")
         rest, _, fragment = (_unescape(raw) if "&" in raw else raw).partition("#")
         path, _, query = rest.partition("?")
-        mapped = mapper.map_on_origin(path, query, fragment)
-        if mapped is None:
-            continue
+        # A URL on the backend's origin outside the service's directory cannot be reached
+        # through the proxy: it is emptied rather than handed to the client (see module docstring).
+        mapped = mapper.map_on_origin(path, query, fragment) or ""
         pieces += [document[done:start], _escape(mapped, quote_char)]
         done = match.end()
     if not pieces:
@@ -243,10 +256,101 @@ def rewrite_document(document: bytes, service_url: str, proxy_url: str,
     encoding = document_encoding(document, http_charset)
     try:
         text = document.decode(encoding)
-    except (LookupError, UnicodeDecodeError):
-        log.warning("backend XML is not readable as %s; passed on without rewriting", encoding)
+    except (LookupError, ValueError):  # unknown codec, not a text codec, undecodable (UnicodeError)
+        log.warning("backend XML is not readable as %.40r; passed on without rewriting", encoding)
         return document
     rewritten = rewrite_text(text, service_url, proxy_url)
     if rewritten == text:
         return document
-    return rewritten.encode(encoding, errors="xmlcharrefreplace")
+    try:
+        return rewritten.encode(encoding, errors="xmlcharrefreplace")
+    except (LookupError, ValueError):  # a codec that decodes but cannot encode (e.g. idna)
+        log.warning("backend XML cannot be written back as %.40r; passed on without rewriting", encoding)
+        return document
+
+
+# -- URLs in response headers ------------------------------------------------------------------
+
+
+def rewrite_reference(reference: str, base_url: str, service_url: str, proxy_url: str) -> Optional[str]:
+    """A URL reference from a backend header (``Location``, ``Content-Location``, a ``Link``
+    target), for the client: None when it must be dropped.
+
+    The reference is resolved against ``base_url`` (the URL the request went to: RFC 9110 says
+    so for ``Location``), whatever its form (absolute, ``//host/...``, ``/path``, ``path``). Into
+    the service's directory it becomes a proxy URL; elsewhere on the backend's origin, where the
+    proxy cannot lead, it is dropped; on any other origin it passes as it came.
+    """
+    mapper = url_mapper(service_url, proxy_url)
+    try:
+        absolute = urljoin(base_url, reference.strip())
+        target = urlsplit(absolute)
+        origin = _origin(target)
+    except ValueError:  # e.g. a broken IPv6 literal: nothing can be said about it, so drop it
+        return None
+    if mapper.origin is None or origin != mapper.origin:
+        return reference
+    return mapper.map_on_origin(target.path, target.query, target.fragment)
+
+
+# A link-value of RFC 8288: "<" URI-Reference ">" then parameters, a quoted string may hold , ; < >.
+_LINK_TARGET = re.compile(r"\s*<([^>]*)>")
+_LINK_PARAM = re.compile(r"""\s*;\s*([^\s=;,]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^\s;,"]*))?""")
+_LINK_SEPARATOR = re.compile(r"\s*(?:,|$)")
+
+
+def parse_link_header(value: str) -> Optional[list]:
+    """The link-values of a ``Link`` header as ``(target, [(name, raw value or None), ...])``;
+    None when the header does not have the RFC 8288 syntax."""
+    links, position = [], 0
+    while True:
+        while position < len(value) and value[position] in " \t,":
+            position += 1
+        if position >= len(value):
+            return links
+        target = _LINK_TARGET.match(value, position)
+        if target is None:
+            return None
+        position, params = target.end(), []
+        while True:
+            param = _LINK_PARAM.match(value, position)
+            if param is None:
+                break
+            params.append((param.group(1), param.group(2)))
+            position = param.end()
+        separator = _LINK_SEPARATOR.match(value, position)
+        if separator is None:
+            return None
+        position = separator.end()
+        links.append((target.group(1), params))
+
+
+def _unquote_param(raw: str) -> str:
+    if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
+        return re.sub(r"\\(.)", r"\1", raw[1:-1])
+    return raw
+
+
+def rewrite_link_header(value: str, base_url: str, service_url: str, proxy_url: str) -> Optional[str]:
+    """A backend's ``Link`` header for the client: each target and ``anchor`` rewritten as
+    :func:`rewrite_reference` says; a link-value that must be dropped is left out, and so is the
+    whole header (None) when nothing is left or it cannot be parsed (it might name the backend)."""
+    links = parse_link_header(value)
+    if links is None:
+        return None
+    kept = []
+    for target, params in links:
+        mapped = rewrite_reference(target, base_url, service_url, proxy_url)
+        if mapped is None:
+            continue
+        parts = [f"<{mapped}>"]
+        for name, raw in params:
+            if raw is not None and name.lower() == "anchor":
+                anchor = rewrite_reference(_unquote_param(raw), base_url, service_url, proxy_url)
+                if anchor is None:
+                    break
+                raw = '"' + anchor.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            parts.append(name if raw is None else f"{name}={raw}")
+        else:
+            kept.append("; ".join(parts))
+    return ", ".join(kept) or None

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from datetime import timedelta
-from typing import Any, Dict, List
-from xmlrpc.client import Fault
+from typing import Any, Dict, List, Optional
+from xmlrpc.client import Fault, dumps
 
 from pyramid.httpexceptions import HTTPException, HTTPNotFound
+from pyramid.response import Response
 
 from . import adminauth, services, tokens
 from .exceptions import InvalidArgument, ServiceExists, StoreUnavailable
@@ -43,6 +45,11 @@ FAULT_STORE_UNAVAILABLE = 3
 FAULT_INTERNAL_ERROR = -32500
 FAULT_METHOD_NOT_FOUND = -32601
 FAULT_INVALID_PARAMS = -32602
+FAULT_NOT_WELL_FORMED = -32700
+
+#: How deep arrays and structs may nest in an argument. The API's deepest argument is a struct of
+#: strings (``data``, ``environ``: depth 1); anything far deeper is an attack on the parser.
+MAX_ARGUMENT_DEPTH = 8
 
 
 def as_fault(exc: Exception, method: str) -> Fault:
@@ -232,6 +239,67 @@ METHODS = (generate_token, revoke_token, revoke_all_tokens, register_service, un
 
 # -- errors before a method runs ---------------------------------------------------------
 
+# The tags that nest, the parameter boundaries and the method name, in a raw XML-RPC body; and
+# the declarations by which internal entities could build nesting that no tag shows.
+_STRUCTURE = re.compile(rb"<(/?)(array|struct|param)(?:\s[^>]*)?(/?)>|<!(?:DOCTYPE|ENTITY)")
+_METHOD_NAME = re.compile(rb"<methodName>\s*([A-Za-z0-9_.:]{1,64})\s*</methodName>")
+
+
+def _argument_name(method: Optional[str], index: int) -> str:
+    """The name of the ``index``-th (from 1) argument of ``method`` for a fault message."""
+    for function in METHODS:
+        if function.__name__ == method:
+            names = list(inspect.signature(function).parameters)[1:]  # without ``request``
+            if index <= len(names):
+                return names[index - 1]
+    return f"#{index}"
+
+
+def nesting_fault(body: bytes) -> Optional[Fault]:
+    """A fault for an XML-RPC body whose arguments nest deeper than :data:`MAX_ARGUMENT_DEPTH`
+    (or that declares a DOCTYPE), found by a scan of the raw bytes before anything parses them.
+
+    The standard library's XML-RPC parser builds whatever nesting a body describes: 100000 nested
+    arrays in a 2 MB body cost some 150 MB of memory before any method could look at its
+    arguments, and their ``repr`` would recurse past Python's limit. The scan keeps none of it.
+    """
+    method_match = _METHOD_NAME.search(body, 0, 4096)
+    method = method_match.group(1).decode("ascii") if method_match else None
+    depth = param = 0
+    for match in _STRUCTURE.finditer(body):
+        closing, tag, empty = match.groups()
+        if tag is None:
+            return Fault(FAULT_NOT_WELL_FORMED, "an XML-RPC request must not declare a DOCTYPE or entities")
+        if empty:
+            continue
+        if tag == b"param":
+            param += 0 if closing else 1
+        elif closing:
+            depth -= 1
+        else:
+            depth += 1
+            if depth > MAX_ARGUMENT_DEPTH:
+                return Fault(FAULT_INVALID_ARGUMENT,
+                             f"{method or 'request'}: argument {_argument_name(method, param)} nests arrays or "
+                             f"structs more than {MAX_ARGUMENT_DEPTH} levels deep")
+    return None
+
+
+def argument_depth_tween_factory(handler, registry):
+    """Refuse over-deep XML-RPC arguments before pyramid_rpc parses the body (see
+    :func:`nesting_fault`); below the admin gate, so that strangers get their 401 first."""
+
+    def argument_depth_tween(request):
+        if request.path_info == adminauth.ADMIN_PATH and request.method == "POST":
+            fault = nesting_fault(request.body)
+            if fault is not None:
+                log.warning("admin API: refused a request: %s", fault.faultString)
+                return Response(body=dumps(fault, methodresponse=True).encode("utf-8"),
+                                content_type="text/xml", charset="utf-8")
+        return handler(request)
+
+    return argument_depth_tween
+
 
 def http_error_view(exc: HTTPException, request):
     """Forbidden or unknown method at ``/RPC2``: 401 for strangers, a fault for admins.
@@ -256,6 +324,8 @@ def unparsed_fault_view(exc: Fault, request):
 
 def includeme(config) -> None:
     config.include(".adminauth")
+    config.add_tween("twitcher.rpcinterface.argument_depth_tween_factory",
+                     under="twitcher.adminauth.admin_gate_tween_factory")
     config.include("pyramid_rpc.xmlrpc")
     config.add_xmlrpc_endpoint(ENDPOINT, adminauth.ADMIN_PATH, default_mapper=PositionalMapper)
     for method in METHODS:

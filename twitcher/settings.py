@@ -51,6 +51,8 @@ class TwitcherSettings:
     proxy_timeout: Tuple[float, float] = (5.0, 300.0)
     max_request_body: int = 10 * 1024 * 1024
     rewrite_max_bytes: int = 8 * 1024 * 1024
+    rewrite_timeout: float = 60.0
+    max_inflight_per_service: int = 4
     trust_forwarded_cert_header: bool = False
 
     @property
@@ -154,6 +156,8 @@ _PARSERS: Mapping[str, Callable[[str], object]] = {
     "proxy_timeout": _timeouts,
     "max_request_body": _positive_int,
     "rewrite_max_bytes": _positive_int,
+    "rewrite_timeout": _positive_number,
+    "max_inflight_per_service": _positive_int,
     "trust_forwarded_cert_header": _bool,
 }
 

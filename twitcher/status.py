@@ -14,13 +14,15 @@ log = logging.getLogger(__name__)
 @view_config(route_name="home", request_method="GET", renderer="json")
 def home(request) -> dict:
     features = request.registry.twitcher
-    links = {"health": request.route_url("health")}
+    # From twitcher.url, never from the request's Host header, which the client chooses.
+    base = features.public_base_url
+    links = {"health": base + "/health"}
     if features.ows_proxy:
-        links["ows_proxy"] = request.application_url + features.protected_path + "/proxy/{service_name}"
+        links["ows_proxy"] = base + features.protected_path + "/proxy/{service_name}"
     if features.wps:
-        links["wps"] = request.application_url + features.protected_path + "/wps"
+        links["wps"] = base + features.protected_path + "/wps"
     if features.rpcinterface:
-        links["rpcinterface"] = request.application_url + "/RPC2"
+        links["rpcinterface"] = base + "/RPC2"
     return {"name": "twitcher", "version": __version__, "links": links}
 
 

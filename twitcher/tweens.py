@@ -46,11 +46,23 @@ WPS = "wps"
 #: that the proxy view does not look the same service up a second time. Absent when the tween is
 #: off (``twitcher.ows_security = false``): the view then looks the service up itself.
 SERVICE_ATTR = "ows_service"
+#: The request attribute where the tween leaves an :class:`Access` for the proxy, which must keep
+#: the token out of the extra path and shared caches away from answers to protected requests.
+ACCESS_ATTR = "ows_access"
 OTHER = "other"
 _READ_CHUNK = 64 * 1024
 _ALLOWED_METHODS = ("GET", "HEAD", "POST")
 #: What a token in the path may look like: ``secrets.token_urlsafe`` output (ours is 43 characters).
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,128}")
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the proxy must know of a request's credentials: the token it presented (None if
+    none), and whether it needed one (or a certificate) to pass."""
+
+    token: Optional[str]
+    protected: bool
 
 
 @dataclass(frozen=True)
@@ -257,6 +269,7 @@ class OWSSecurity:
         cert_ok = (service is not None and service.auth == "cert" and self.trust_cert_header
                    and environ.get("HTTP_X_SSL_CLIENT_VERIFY") == "SUCCESS")
         strip_credentials(environ, self.trust_cert_header, bool(query_tokens))
+        setattr(request, ACCESS_ATTR, Access(token, not public))
         if public or cert_ok:
             return
         if token is None:

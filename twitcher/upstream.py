@@ -185,17 +185,19 @@ class Upstream:
         return state
 
     def exchange(self, method: str, url: str, headers: Sequence[Tuple[str, str]], body: Body,
-                 verify: Union[bool, str], timeout: Tuple[float, float]) -> Exchange:
+                 verify: Union[bool, str], timeout: Tuple[float, float], slot: Optional[Slot] = None) -> Exchange:
         """Send a request and wait for the answer's status and headers (the body is not read yet).
 
         ``body`` is bytes, an iterable of bytes (sent chunked, or with the length ``len(body)``
         when it has one), or None. ``timeout`` is (connect, read) seconds; the read timeout is the
-        longest silence allowed while waiting for the backend.
+        longest silence allowed while the backend is sent the request or sends its answer, and
+        also the longest wait in all for the answer's headers once the request is sent. ``slot``
+        is released when the exchange ends (:meth:`Exchange.close`), however it ends.
         """
         state = self._state()
         if state.active is not None:  # an answer nobody closed: its connection is not reusable
             state.active.close()
-        return Exchange(state, method, url, headers, body, verify, timeout)
+        return Exchange(state, method, url, headers, body, verify, timeout, slot)
 
     def close(self) -> None:
         with self._lock:
@@ -205,6 +207,61 @@ class Upstream:
             if state.pid == pid:
                 state.close()
         self._local = threading.local()
+
+
+class Slot:
+    """One place among a service's concurrent exchanges; :meth:`release` gives it back (once)."""
+
+    __slots__ = ("_slots", "_name", "_held")
+
+    def __init__(self, slots: ServiceSlots, name: str) -> None:
+        self._slots = slots
+        self._name = name
+        self._held = True
+
+    def release(self) -> None:
+        """Give the place back; calling it again does nothing, so every exit path may call it."""
+        if self._held:
+            self._held = False
+            self._slots._release(self._name)
+
+
+class ServiceSlots:
+    """A bound on the exchanges in flight per service in this process.
+
+    A backend that answers slowly or never would otherwise hold one worker thread per request
+    sent to it until the timeouts end it, and a handful of requests would stall every route of
+    Twitcher, ``/health`` and ``/RPC2`` included. With the bound below the server's thread count,
+    a stuck service keeps at most ``limit`` threads; the requests beyond it are refused at once
+    (:meth:`acquire` returns None) instead of queueing behind it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._in_flight: dict = {}
+
+    def acquire(self, name: str) -> Optional[Slot]:
+        """A slot for one exchange with service ``name``, or None when all are taken."""
+        with self._lock:
+            count = self._in_flight.get(name, 0)
+            if count >= self.limit:
+                return None
+            self._in_flight[name] = count + 1
+        return Slot(self, name)
+
+    def in_flight(self, name: str) -> int:
+        """How many exchanges with service ``name`` hold a slot now (for tests and metrics)."""
+        with self._lock:
+            return self._in_flight.get(name, 0)
+
+    def _release(self, name: str) -> None:
+        with self._lock:
+            count = self._in_flight.get(name, 0) - 1
+            if count > 0:
+                self._in_flight[name] = count
+            else:
+                self._in_flight.pop(name, None)
 
 
 class _BodyReader:
@@ -236,7 +293,9 @@ class Exchange:
     read connection back to the thread's cache and drops any other."""
 
     def __init__(self, state: _ThreadState, method: str, url: str, headers: Sequence[Tuple[str, str]], body: Body,
-                 verify: Union[bool, str], timeout: Tuple[float, float]) -> None:
+                 verify: Union[bool, str], timeout: Tuple[float, float], slot: Optional[Slot] = None) -> None:
+        #: The service slot this exchange holds, given back by :meth:`close`.
+        self.slot = slot
         self._state = state
         self._easy = state.easy
         self._read_timeout = timeout[1]
@@ -253,6 +312,10 @@ class Exchange:
         self._error: Optional[Tuple[int, str]] = None
         self._body_reader: Optional[_BodyReader] = None
         self._added = False
+        #: A total deadline (``time.monotonic()``) for the transfer, whatever the backend sends
+        #: meanwhile; None for none. Set it around a read that must end in time (a document read
+        #: for rewriting), clear it before streaming.
+        self.deadline: Optional[float] = None
 
         self._configure(method, url, headers, body, verify, timeout)
 
@@ -265,7 +328,13 @@ class Exchange:
             # large is always refused. Meanwhile the answer is buffered like a stream: bounded.
             reader = self._body_reader
             self._streaming = True
+            if reader is not None:  # the client's body may come slowly: only silence counts here
+                self._pump(lambda: reader.finished or reader.error is not None or self._headers_done)
+            # Then the read timeout bounds the whole wait for the answer's headers, not only a
+            # silence: a backend trickling a byte at a time must not hold a worker for ever.
+            self.deadline = time.monotonic() + self._read_timeout
             self._pump(lambda: self._headers_done and (reader is None or reader.finished or reader.error))
+            self.deadline = None
             self._streaming = False
             if reader is not None and reader.error is not None:
                 raise UpstreamUnreachable("the request body could not be sent", reader.error)
@@ -349,11 +418,12 @@ class Exchange:
     def _pump(self, enough: Callable[[], bool], block: bool = True) -> None:
         """Let libcurl work until ``enough()`` or the end of the transfer.
 
-        Blocking, a silence longer than the read timeout raises :class:`UpstreamTimeout`; not
-        blocking, it stops as soon as no socket is ready.
+        Blocking, a silence longer than the read timeout, or passing :attr:`deadline`, raises
+        :class:`UpstreamTimeout`; not blocking, it stops as soon as no socket is ready.
         """
         state = self._state
         deadline = time.monotonic() + self._read_timeout
+        total = self.deadline
         if self._paused:
             self._paused = False
             self._easy.pause(pycurl.PAUSE_CONT)  # may deliver data at once
@@ -362,7 +432,9 @@ class Exchange:
             now = time.monotonic()
             if now >= deadline:
                 raise UpstreamTimeout("no answer within the read timeout")
-            wait = deadline - now
+            if total is not None and now >= total:
+                raise UpstreamTimeout("the answer did not arrive within its deadline")
+            wait = deadline - now if total is None else min(deadline, total) - now
             if state.timer_deadline is not None:
                 wait = min(wait, max(0.0, state.timer_deadline - now))
             events = state.poller.poll(min(wait * 1000, MAX_POLL_MS) if block else 0)
@@ -447,3 +519,5 @@ class Exchange:
             if self._state.active is self:
                 self._state.active = None
         self._pending, self._pending_bytes = [], 0
+        if self.slot is not None:
+            self.slot.release()
