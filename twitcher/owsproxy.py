@@ -47,6 +47,9 @@ from .exceptions import (
     RequestTooLarge,
     UnknownService,
 )
+from .ogcapi import OGCAPI
+from .ogcapi.links import api_root, is_json_media_type, rewrite_json
+from .ogcapi.routes import METHODS as OGCAPI_METHODS
 from .owsrewrite import charset_param, is_xml_media_type, map_url, rewrite_document
 from .services import Service
 from .settings import TwitcherSettings
@@ -59,6 +62,8 @@ log = logging.getLogger(__name__)
 #: Bytes of a request body read from the client at a time, and of a document read for rewriting.
 CHUNK_SIZE = 64 * 1024
 ALLOWED_METHODS = ("GET", "HEAD", "POST")
+#: Methods whose request body is forwarded (PUT, PATCH and DELETE reach only ``ogcapi`` services).
+_BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -343,6 +348,10 @@ def _header(headers: List[Tuple[str, str]], name: str) -> Optional[str]:
     return None
 
 
+def _rewritable_type(content_type: Optional[str]) -> bool:
+    return is_xml_media_type(content_type) or is_json_media_type(content_type)
+
+
 def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, proxy_url: str,
                    rewrite_max_bytes: int) -> Response:
     """The answer to the client: status, end-to-end headers and the streamed, maybe rewritten body.
@@ -359,17 +368,17 @@ def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, 
     if method == "HEAD":
         # No body to rewrite; a rewritten document's length is unknown until it is fetched.
         upstream.close()
-        if length is not None and not is_xml_media_type(content_type):
+        if length is not None and not _rewritable_type(content_type):
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=[])
 
-    rewritable = is_xml_media_type(content_type) and encoding in ("identity", "gzip", "x-gzip", "deflate")
+    rewritable = _rewritable_type(content_type) and encoding in ("identity", "gzip", "x-gzip", "deflate")
     if not rewritable or (length is not None and length > rewrite_max_bytes):
         if length is not None:
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, upstream.chunks()))
 
-    # An XML document small enough to rewrite: read it decoded (a compressed one is sent on
+    # An XML or JSON document small enough to rewrite: read it decoded (a compressed one is sent on
     # uncompressed), but never more than the limit, whatever Content-Length promised.
     chunks = upstream.chunks()
     if encoding != "identity":
@@ -389,7 +398,10 @@ def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, 
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, chunks, read))
     upstream.close()
-    body = rewrite_document(b"".join(read), service_url, proxy_url, charset_param(content_type))
+    if is_json_media_type(content_type):
+        body = rewrite_json(b"".join(read), service_url, proxy_url)
+    else:
+        body = rewrite_document(b"".join(read), service_url, proxy_url, charset_param(content_type))
     headers.append(("Content-Length", str(len(body))))
     return Response(status=status, headerlist=headers, app_iter=[body])
 
@@ -403,26 +415,31 @@ def public_proxy_url(service: Service, settings: TwitcherSettings) -> str:
 
 def owsproxy_view(request: Request) -> Response:
     """Forward the request to the registered service; the security tween has let it pass."""
-    if request.method not in ALLOWED_METHODS:
-        raise OperationNotSupported(f"The HTTP method {request.method} is not supported; use GET, HEAD or POST.",
-                                    locator=request.method, status=405)
     name = request.matchdict["service_name"]
     service: Optional[Service] = getattr(request, SERVICE_ATTR, None)
     if service is None or service.name != name:  # the security tween is off: look it up here
         service = request.registry.store.fetch_by_name(name)
     if service is None:
         raise UnknownService(name)
+    ogcapi = service.type == OGCAPI
+    if request.method not in (OGCAPI_METHODS if ogcapi else ALLOWED_METHODS):
+        raise OperationNotSupported(f"The HTTP method {request.method} is not supported here.",
+                                    locator=request.method, status=405)
     settings: TwitcherSettings = request.registry.twitcher
-    url = target_url(service.url, request.environ.get("QUERY_STRING", ""), request.matchdict.get("extra_path"))
+    extra_path = request.matchdict.get("extra_path")
+    # An OGC API's landing page is a directory: extra paths go below it, not beside it.
+    base_url = api_root(service.url) if ogcapi and extra_path is not None else service.url
+    url = target_url(base_url, request.environ.get("QUERY_STRING", ""), extra_path)
     # remote_addr, not client_addr: webob's client_addr believes what X-Forwarded-For claims.
     headers = forward_request_headers(environ_headers(request.environ), request.remote_addr, request.scheme,
                                       request.host)
-    body = request_body(request, settings.max_request_body) if request.method == "POST" else None
+    body = request_body(request, settings.max_request_body) if request.method in _BODY_METHODS else None
     upstream = send(request.registry.upstream, request.method, url, headers, body,
                     service.verify, settings.proxy_timeout)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
-    return proxy_response(upstream, request.method, url, service.url, public_proxy_url(service, settings),
+    return proxy_response(upstream, request.method, url, api_root(service.url) if ogcapi else service.url,
+                          public_proxy_url(service, settings),
                           settings.rewrite_max_bytes)
 
 

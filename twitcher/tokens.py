@@ -58,13 +58,15 @@ class AccessToken:
     expires_at: datetime
     environ: Mapping[str, str] = field(default_factory=dict)
     revoked: bool = False
+    #: Who the token was made for (``generate_token(..., subject)``); owns the jobs it creates.
+    subject: Optional[str] = None
 
     def is_expired(self, now: Optional[datetime] = None) -> bool:
         return (now or utcnow()) >= self.expires_at
 
 
 def new_token(valid_in_hours: float, environ: Optional[Mapping[str, str]] = None,
-              now: Optional[datetime] = None) -> Tuple[str, AccessToken]:
+              now: Optional[datetime] = None, subject: Optional[str] = None) -> Tuple[str, AccessToken]:
     """Make a fresh token; return the clear-text token (for the client only) and its record."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     # Whole seconds: expires_at travels as int epoch seconds over XML-RPC and as BSON dates.
@@ -73,6 +75,7 @@ def new_token(valid_in_hours: float, environ: Optional[Mapping[str, str]] = None
         digest=token_digest(token),
         expires_at=start + timedelta(hours=valid_in_hours),
         environ=dict(environ or {}),
+        subject=subject,
     )
     return token, record
 

@@ -24,7 +24,10 @@ from .exceptions import (
     RequestTooLarge,
     UnknownService,
 )
-from .owsexceptions import path_is_under
+from .ogcapi import OGCAPI
+from .ogcapi.routes import METHODS as OGCAPI_METHODS
+from .ogcapi.routes import PUBLIC, Route, classify
+from .owsexceptions import SERVICE_ATTR, path_is_under
 from .owsrequest import (
     OWSRequest,
     check_query_agrees,
@@ -33,19 +36,30 @@ from .owsrequest import (
     parse_xml,
     request_for_service,
 )
-from .services import check_name
+from .services import Service, check_name
 from .settings import TwitcherSettings
-from .tokens import check_token, fingerprint, strip_token_params, token_digest, token_params, validate_environ
+from .tokens import (
+    AccessToken,
+    check_token,
+    fingerprint,
+    strip_token_params,
+    token_digest,
+    token_params,
+    validate_environ,
+)
 
 log = logging.getLogger(__name__)
 
 PROXY = "proxy"
 WPS = "wps"
-#: The request attribute where the tween leaves the service it resolved for a proxy request, so
-#: that the proxy view does not look the same service up a second time. Absent when the tween is
-#: off (``twitcher.ows_security = false``): the view then looks the service up itself.
-SERVICE_ATTR = "ows_service"
+# SERVICE_ATTR (from owsexceptions, which renders refusals by the service's type): the request
+# attribute where the tween leaves the service it resolved for a proxy request, so that the proxy
+# view does not look the same service up a second time. Absent when the tween is off
+# (``twitcher.ows_security = false``): the view then looks the service up itself.
 OTHER = "other"
+#: The request attribute where :func:`decide` leaves its :class:`Decision` for the handlers
+#: (the proxy records the owner of a job it relays the creation of).
+DECISION_ATTR = "ows_decision"
 _READ_CHUNK = 64 * 1024
 _ALLOWED_METHODS = ("GET", "HEAD", "POST")
 #: What a token in the path may look like: ``secrets.token_urlsafe`` output (ours is 43 characters).
@@ -204,6 +218,7 @@ class OWSSecurity:
         self.public_requests = settings.public_requests
         self.max_body = settings.max_request_body
         self.trust_cert_header = settings.trust_forwarded_cert_header
+        self.ogcapi_rules = settings.ogcapi_public
 
     def parse(self, request, target: Target) -> Optional[OWSRequest]:
         """The OWS request at a service root (None below it), refusing what must not be judged."""
@@ -224,8 +239,11 @@ class OWSSecurity:
             return ows
         return parse_kvp(query_string)
 
-    def check(self, request, target: Target) -> None:
-        """Raise unless ``request`` may reach its handler; clean its environ when it may."""
+    def check(self, request, target: Target) -> Decision:
+        """Raise unless ``request`` may reach its handler; clean its environ when it may.
+
+        Returns the :class:`Decision`: whether the request passed as public, and with which token.
+        """
         store = request.registry.store
         path_token = None
         if target.extra and target.kind != OTHER:
@@ -233,31 +251,35 @@ class OWSSecurity:
             path_token = take_path_token(request.environ, root, store)
         if path_token is not None:
             target = replace(target, extra=False)
-        ows = self.parse(request, target)
+        service = None
+        if target.kind == PROXY and _valid_name(target.service_name):
+            service = store.fetch_by_name(target.service_name)
+        if service is not None:
+            setattr(request, SERVICE_ATTR, service)  # also for refusals: their form follows the type
+        route = None
+        if service is not None and service.type == OGCAPI:
+            route = self.classify_ogcapi(request, target)
+            public = route.access == PUBLIC
+        else:
+            ows = self.parse(request, target)
+            if target.kind == PROXY and service is None:
+                raise UnknownService(target.service_name)
+            service_type = service.type if service is not None else "wps"
+            if ows is not None and target.kind != OTHER:
+                public = (service_type, request_for_service(ows, service_type)) in self.public_requests
+            else:
+                public = False
+        if service is not None and service.public:
+            public = True
         environ = request.environ
         query_tokens = token_params(environ.get("QUERY_STRING", ""))
         token = _token_of(environ, query_tokens + ([path_token] if path_token else []))
-
-        service = None
-        if target.kind == PROXY:
-            service = store.fetch_by_name(target.service_name) if _valid_name(target.service_name) else None
-            if service is None:
-                raise UnknownService(target.service_name)
-            setattr(request, SERVICE_ATTR, service)
-        service_type = service.type if service is not None else "wps"
-        if ows is not None and target.kind != OTHER:
-            name = request_for_service(ows, service_type)
-            public = (service_type, name) in self.public_requests
-        else:
-            public = False
-        if service is not None and service.public:
-            public = True
 
         cert_ok = (service is not None and service.auth == "cert" and self.trust_cert_header
                    and environ.get("HTTP_X_SSL_CLIENT_VERIFY") == "SUCCESS")
         strip_credentials(environ, self.trust_cert_header, bool(query_tokens))
         if public or cert_ok:
-            return
+            return Decision(target, service, route)
         if token is None:
             raise AccessDenied("An access token is required for this request.")
         record = check_token(store.fetch_token(token_digest(token)))
@@ -269,6 +291,48 @@ class OWSSecurity:
             except InvalidArgument:
                 log.error("token %s carries environ data that is not allowed; refused", fingerprint(token))
                 raise OWSException("The access token carries data that cannot be used.", status=500) from None
+        return Decision(target, service, route, token=record)
+
+    def classify_ogcapi(self, request, target: Target) -> Route:
+        """The route of a request to an ``ogcapi`` service, refusing methods and bodies we do not take."""
+        environ = request.environ
+        method = environ["REQUEST_METHOD"]
+        if method not in OGCAPI_METHODS:
+            raise OperationNotSupported(f"The HTTP method {method} is not supported here.", locator=method,
+                                        status=405)
+        if method not in ("GET", "HEAD"):
+            _declared_length(environ, self.max_body)
+        root = f"{self.prefix}/{PROXY}/{target.service_name}"
+        return classify(method, environ.get("PATH_INFO", "")[len(root):], self.ogcapi_rules)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the security check decided for one request that may pass.
+
+    ``token`` is the checked token's record, None when the request passed without one (public,
+    or a verified client certificate); ``route`` is the classification of an OGC API request.
+    """
+
+    target: Target
+    service: Optional[Service] = None
+    route: Optional[Route] = None
+    token: Optional[AccessToken] = None
+
+
+def decide(request, security: OWSSecurity) -> Optional[Decision]:
+    """The one decision path: None for a path outside the protected prefix, else the
+    :class:`Decision` (left on the request as ``request.ows_decision``), or an exception.
+
+    The tween calls it for every request; anything else that must judge a request the same way
+    (an nginx verify endpoint, the internal WPS) calls it too.
+    """
+    target = resolve_target(request.path_info, security.prefix)
+    if target is None:
+        return None
+    decision = security.check(request, target)
+    setattr(request, DECISION_ATTR, decision)
+    return decision
 
 
 def _valid_name(name: Optional[str]) -> bool:
@@ -282,20 +346,17 @@ def _valid_name(name: Optional[str]) -> bool:
 def ows_security_tween_factory(handler, registry):
     """Guard every request under ``twitcher.protected_path``; pass everything else untouched."""
     security = OWSSecurity(registry.twitcher)
-    prefix = security.prefix
 
     def ows_security_tween(request):
-        target = resolve_target(request.path_info, prefix)
-        if target is not None:
-            try:
-                security.check(request, target)
-            except AccessDenied as exc:
-                # DEBUG, not INFO: every access log (nginx, gunicorn) has the 401 already, and
-                # a log record per refusal cost a sixth of the refusal's CPU and let any client
-                # flood the log.
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("refused %s %s: %s", request.method, request.path_info, exc.text)
-                raise
+        try:
+            decide(request, security)
+        except AccessDenied as exc:
+            # DEBUG, not INFO: every access log (nginx, gunicorn) has the 401 already, and
+            # a log record per refusal cost a sixth of the refusal's CPU and let any client
+            # flood the log.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("refused %s %s: %s", request.method, request.path_info, exc.text)
+            raise
         return handler(request)
 
     return ows_security_tween
