@@ -147,3 +147,78 @@ def wait_for_job(location: str, token: str) -> dict:
             assert document["status"] == "successful", document
             return document
         time.sleep(0.1)
+
+
+# -- private jobs -------------------------------------------------------------------------------
+
+def start_job(api: str, token: str, name: str) -> str:
+    answer = requests.post(f"{api}/processes/hello-world/execution", json={"inputs": {"name": name}},
+                           headers={**bearer(token), "Prefer": "respond-async"}, timeout=TIMEOUT)
+    assert answer.status_code == 201, answer.text
+    return answer.headers["Location"]
+
+
+@pytest.fixture(scope="module")
+def people(twitcher):
+    """Two tokens of alice, one of bob, one without a subject."""
+    store = twitcher[1]
+    return {"alice": make_token(store, "alice"), "alice2": make_token(store, "alice"),
+            "bob": make_token(store, "bob"), "anonymous": make_token(store)}
+
+
+def test_a_job_answers_its_owner_under_any_of_her_tokens_and_nobody_else(api, people, pygeoapi_server):
+    backend, _ = pygeoapi_server
+    location = start_job(api, people["alice"], "Alice")
+    job_path = location[len(api):]
+    status = wait_for_job(location, people["alice2"])
+    assert status["jobID"] == job_path.rsplit("/", 1)[1]
+    results = requests.get(location + "/results?f=json", headers=bearer(people["alice2"]), timeout=TIMEOUT)
+    assert results.json()["value"] == "Hello Alice!"
+
+    seen = len(backend.seen(job_path))
+    for path in ("", "/results", "?f=json", "/results?f=json"):
+        for who in ("bob", "anonymous"):
+            refused = requests.get(location + path, headers=bearer(people[who]), timeout=TIMEOUT)
+            assert refused.status_code == 403, (path, who)
+            assert refused.headers["Content-Type"] == PROBLEM and refused.json()["status"] == 403
+    refused = requests.delete(location, headers=bearer(people["bob"]), timeout=TIMEOUT)
+    assert refused.status_code == 403
+    assert requests.get(location, timeout=TIMEOUT).status_code == 401
+    assert len(backend.seen(job_path)) == seen, "a refused request reached the backend"
+
+
+def test_a_token_without_subject_owns_only_its_own_jobs(api, people, twitcher):
+    location = start_job(api, people["anonymous"], "Nobody")
+    wait_for_job(location, people["anonymous"])
+    other = make_token(twitcher[1])
+    assert requests.get(location, headers=bearer(other), timeout=TIMEOUT).status_code == 403
+    assert requests.get(location, headers=bearer(people["alice"]), timeout=TIMEOUT).status_code == 403
+
+
+def test_job_list_shows_only_the_callers_jobs(api, people):
+    mine = {start_job(api, people["alice"], "A").rsplit("/", 1)[1] for _ in range(2)}
+    theirs = start_job(api, people["bob"], "B").rsplit("/", 1)[1]
+    listed = requests.get(f"{api}/jobs?f=json", headers=bearer(people["alice2"]), timeout=TIMEOUT)
+    assert listed.status_code == 200, listed.text
+    ids = {job["jobID"] for job in listed.json()["jobs"]}
+    assert mine <= ids and theirs not in ids
+    bobs = requests.get(f"{api}/jobs?f=json", headers=bearer(people["bob"]), timeout=TIMEOUT).json()
+    assert {job["jobID"] for job in bobs["jobs"]} == {theirs}
+    for job in listed.json()["jobs"]:
+        assert all(link["href"].startswith(api) for link in job.get("links", []) if "/jobs/" in link["href"])
+
+
+def test_job_list_that_cannot_be_filtered_is_refused(api, people):
+    answer = requests.get(f"{api}/jobs?f=html", headers=bearer(people["alice"]), timeout=TIMEOUT)
+    assert answer.status_code == 403 and answer.headers["Content-Type"] == PROBLEM
+    assert requests.get(f"{api}/jobs", timeout=TIMEOUT).status_code == 401
+
+
+def test_a_job_twitcher_has_no_record_of_is_refused_to_everyone(api, people, pygeoapi_server):
+    _, backend_url = pygeoapi_server
+    direct = requests.post(f"{backend_url}/processes/hello-world/execution", json={"inputs": {"name": "x"}},
+                           headers={"Prefer": "respond-async"}, timeout=TIMEOUT)
+    job_id = direct.headers["Location"].rsplit("/", 1)[1]
+    for who in ("alice", "bob", "anonymous"):
+        answer = requests.get(f"{api}/jobs/{job_id}", headers=bearer(people[who]), timeout=TIMEOUT)
+        assert answer.status_code == 403

@@ -118,8 +118,9 @@ class Admin:
         except ValueError as exc:  # xmlrpc.client's parser on a non-XML answer
             raise CommandError(f"{self.url} did not answer XML-RPC: {exc}") from None
 
-    def generate_token(self, hours: float, environ: Dict[str, str]) -> Dict[str, Any]:
-        return self._call("generate_token", hours, environ)
+    def generate_token(self, hours: float, environ: Dict[str, str], subject: Optional[str] = None) -> Dict[str, Any]:
+        # The subject only when given: a 0.5.0 server without subjects keeps working without it.
+        return self._call("generate_token", hours, environ, *([subject] if subject else []))
 
     def revoke_token(self, token: str) -> bool:
         return self._call("revoke_token", token)
@@ -171,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="lifetime in hours (default 1)")
     sub.add_argument("-e", "--env", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                      help="environ data for the internal WPS (repeatable)")
+    sub.add_argument("--subject", metavar="NAME",
+                     help="who the token is for; all tokens of one subject own the same jobs")
 
     sub = commands.add_parser("revoke", help="revoke one token, or all with --all")
     group = sub.add_mutually_exclusive_group(required=True)
@@ -241,7 +244,7 @@ def run(args: argparse.Namespace, admin: Admin) -> tuple:
     """Carry out one command; return ``(result for --json, text for a person)``."""
     command = args.command
     if command == "gentoken":
-        result = admin.generate_token(args.valid_in_hours, dict(args.env))
+        result = admin.generate_token(args.valid_in_hours, dict(args.env), args.subject)
         expires = datetime.fromtimestamp(result["expires_at"], timezone.utc).isoformat()
         return result, f"{result['access_token']}\nexpires at {expires}"
     if command == "revoke":

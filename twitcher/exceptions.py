@@ -83,6 +83,12 @@ class AccessDenied(OWSException):
         super().__init__(text, locator=locator)
 
 
+class Forbidden(OWSException):
+    """A valid token, but not for this: someone else's job (403; nothing is forwarded)."""
+
+    status = 403
+
+
 class UnknownService(InvalidParameterValue):
     status = 404
 

@@ -47,6 +47,7 @@ from .exceptions import (
     RequestTooLarge,
     UnknownService,
 )
+from .jobs import Inspector, answer_inspector
 from .ogcapi import OGCAPI
 from .ogcapi.links import api_root, is_json_media_type, rewrite_json
 from .ogcapi.routes import METHODS as OGCAPI_METHODS
@@ -54,7 +55,7 @@ from .owsrewrite import charset_param, is_xml_media_type, map_url, rewrite_docum
 from .services import Service
 from .settings import TwitcherSettings
 from .tokens import strip_token_params
-from .tweens import SERVICE_ATTR
+from .tweens import DECISION_ATTR, SERVICE_ATTR
 from .upstream import Exchange, Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -348,15 +349,28 @@ def _header(headers: List[Tuple[str, str]], name: str) -> Optional[str]:
     return None
 
 
+def _inspect_streamed(inspect: Optional[Inspector], upstream: Exchange) -> None:
+    """Show ``inspect`` an answer that will be streamed (no body); release the backend if it refuses."""
+    if inspect is None:
+        return
+    try:
+        inspect(upstream.status, upstream.headers, None)
+    except BaseException:
+        upstream.close()
+        raise
+
+
 def _rewritable_type(content_type: Optional[str]) -> bool:
     return is_xml_media_type(content_type) or is_json_media_type(content_type)
 
 
 def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, proxy_url: str,
-                   rewrite_max_bytes: int) -> Response:
+                   rewrite_max_bytes: int, inspect: Optional[Inspector] = None) -> Response:
     """The answer to the client: status, end-to-end headers and the streamed, maybe rewritten body.
 
     ``method`` and ``url`` are those of the request sent upstream (``url`` for the log only).
+    ``inspect`` (:mod:`twitcher.jobs`) sees the answer first: it records job owners, and may
+    replace a document it read (a filtered job list) or refuse the answer by raising.
     """
     headers = forward_response_headers(upstream.headers, service_url, proxy_url)
     content_type = _header(upstream.headers, "content-type")
@@ -368,12 +382,15 @@ def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, 
     if method == "HEAD":
         # No body to rewrite; a rewritten document's length is unknown until it is fetched.
         upstream.close()
+        if inspect is not None:
+            inspect(upstream.status, upstream.headers, None)
         if length is not None and not _rewritable_type(content_type):
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=[])
 
     rewritable = _rewritable_type(content_type) and encoding in ("identity", "gzip", "x-gzip", "deflate")
     if not rewritable or (length is not None and length > rewrite_max_bytes):
+        _inspect_streamed(inspect, upstream)
         if length is not None:
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, upstream.chunks()))
@@ -394,14 +411,18 @@ def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, 
         log.warning("backend %s sent a broken answer: %s", _loggable(url), exc)
         raise BadGateway("The service sent a broken answer.") from None
     if not complete:
+        _inspect_streamed(inspect, upstream)
         if length is not None and encoding == "identity":
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, chunks, read))
     upstream.close()
+    body = b"".join(read)
+    if inspect is not None:
+        body = inspect(upstream.status, upstream.headers, body)
     if is_json_media_type(content_type):
-        body = rewrite_json(b"".join(read), service_url, proxy_url)
+        body = rewrite_json(body, service_url, proxy_url)
     else:
-        body = rewrite_document(b"".join(read), service_url, proxy_url, charset_param(content_type))
+        body = rewrite_document(body, service_url, proxy_url, charset_param(content_type))
     headers.append(("Content-Length", str(len(body))))
     return Response(status=status, headerlist=headers, app_iter=[body])
 
@@ -436,11 +457,15 @@ def owsproxy_view(request: Request) -> Response:
     body = request_body(request, settings.max_request_body) if request.method in _BODY_METHODS else None
     upstream = send(request.registry.upstream, request.method, url, headers, body,
                     service.verify, settings.proxy_timeout)
+    decision = getattr(request, DECISION_ATTR, None)
+    inspect = None if decision is None else answer_inspector(
+        decision.answer_kind, service.name, decision.token, request.registry.store, settings.job_retention_hours,
+        api_root(service.url))
     if log.isEnabledFor(logging.DEBUG):
         log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
     return proxy_response(upstream, request.method, url, api_root(service.url) if ogcapi else service.url,
                           public_proxy_url(service, settings),
-                          settings.rewrite_max_bytes)
+                          settings.rewrite_max_bytes, inspect)
 
 
 def includeme(config) -> None:

@@ -96,20 +96,22 @@ def _require_str(value: Any, what: str) -> str:
 # -- tokens ------------------------------------------------------------------------------
 
 
-def generate_token(request, valid_in_hours: Any = 1, environ: Any = None) -> Dict[str, Any]:
+def generate_token(request, valid_in_hours: Any = 1, environ: Any = None, subject: Any = None) -> Dict[str, Any]:
     """Make an access token for one client.
 
     ``valid_in_hours``: lifetime, a number greater than 0 and at most ``twitcher.token_max_hours``
     (numeric strings are accepted). ``environ``: optional struct of strings handed to the internal
     WPS with each request made with this token (never to proxied services); at most
     32 entries, keys are letters, digits and ``_`` that do not clash with WSGI/CGI names.
+    ``subject``: optional, who the token is for (a user name, at most 256 printable characters);
+    every token of one subject owns that subject's jobs, a token without one only its own.
 
     Returns ``{"access_token": str, "expires_at": int}`` (expiry in epoch seconds, UTC). The
     token is shown only here: Twitcher keeps its SHA-256 digest.
     """
     hours = tokens.validate_hours(valid_in_hours, request.registry.twitcher.token_max_hours)
     data = tokens.validate_environ(environ)
-    token, record = tokens.new_token(hours, data)
+    token, record = tokens.new_token(hours, data, subject=tokens.validate_subject(subject))
     request.registry.store.save_token(record)
     log.info("admin API: token %s generated, valid %g h", tokens.fingerprint(token), hours)
     return {"access_token": token, "expires_at": int(record.expires_at.timestamp())}

@@ -108,6 +108,23 @@ def validate_hours(value: Any, max_hours: float) -> float:
     return float(value)
 
 
+SUBJECT_MAX = 256
+
+
+def validate_subject(subject: Any) -> Optional[str]:
+    """Check the ``subject`` of ``generate_token``: None or empty for none, else a string of at
+    most 256 printable characters (a user name, an e-mail address, an OpenID ``sub``)."""
+    if subject is None or subject == "":
+        return None
+    if not isinstance(subject, str):
+        raise InvalidArgument(f"subject must be a string, got {type(subject).__name__}")
+    if len(subject) > SUBJECT_MAX:
+        raise InvalidArgument(f"subject is longer than {SUBJECT_MAX} characters")
+    if not subject.isprintable() or subject != subject.strip():
+        raise InvalidArgument("subject must be printable, without leading or trailing spaces")
+    return subject
+
+
 def validate_environ(environ: Any) -> dict:
     """Check the data attached to a token before it may ever reach a WSGI environ.
 

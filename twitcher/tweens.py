@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from pyramid.tweens import EXCVIEW
 
+from . import jobs
 from .exceptions import (
     AccessDenied,
     InvalidArgument,
@@ -25,8 +26,8 @@ from .exceptions import (
     UnknownService,
 )
 from .ogcapi import OGCAPI
+from .ogcapi.routes import EXECUTE, JOB, JOB_LIST, PUBLIC, Route, classify
 from .ogcapi.routes import METHODS as OGCAPI_METHODS
-from .ogcapi.routes import PUBLIC, Route, classify
 from .owsexceptions import SERVICE_ATTR, path_is_under
 from .owsrequest import (
     OWSRequest,
@@ -256,7 +257,7 @@ class OWSSecurity:
             service = store.fetch_by_name(target.service_name)
         if service is not None:
             setattr(request, SERVICE_ATTR, service)  # also for refusals: their form follows the type
-        route = None
+        route, ows = None, None
         if service is not None and service.type == OGCAPI:
             route = self.classify_ogcapi(request, target)
             public = route.access == PUBLIC
@@ -291,7 +292,23 @@ class OWSSecurity:
             except InvalidArgument:
                 log.error("token %s carries environ data that is not allowed; refused", fingerprint(token))
                 raise OWSException("The access token carries data that cannot be used.", status=500) from None
-        return Decision(target, service, route, token=record)
+        decision = Decision(target, service, route, token=record,
+                            operation=ows.request if ows is not None else None)
+        self.check_job_owner(store, decision, environ.get("PATH_INFO", ""))
+        return decision
+
+    def check_job_owner(self, store, decision: Decision, path: str) -> None:
+        """Refuse (403, before anything is forwarded) a job of someone else: an OGC API
+        ``/jobs/{jobId}[/...]``, or a WPS extra path that names a recorded job (:mod:`twitcher.jobs`)."""
+        service = decision.service
+        if service is None:
+            return
+        if decision.route is not None:
+            if decision.route.kind == JOB:
+                jobs.check_ogcapi_job(store, service.name, decision.route.job_id, decision.token)
+        elif decision.target.extra:
+            jobs.check_wps_path(store, service.name, path[len(f"{self.prefix}/{PROXY}/{service.name}"):],
+                                decision.token)
 
     def classify_ogcapi(self, request, target: Target) -> Route:
         """The route of a request to an ``ogcapi`` service, refusing methods and bodies we do not take."""
@@ -311,13 +328,24 @@ class Decision:
     """What the security check decided for one request that may pass.
 
     ``token`` is the checked token's record, None when the request passed without one (public,
-    or a verified client certificate); ``route`` is the classification of an OGC API request.
+    or a verified client certificate); ``route`` is the classification of an OGC API request,
+    ``operation`` the OWS request name (``Execute``) of a checked request at an OWS service root.
     """
 
     target: Target
     service: Optional[Service] = None
     route: Optional[Route] = None
     token: Optional[AccessToken] = None
+    operation: Optional[str] = None
+
+    @property
+    def answer_kind(self) -> Optional[str]:
+        """What the answer means for job owners (see :func:`twitcher.jobs.answer_inspector`)."""
+        if self.route is not None:
+            return {EXECUTE: "execute", JOB_LIST: "jobs"}.get(self.route.kind)
+        if self.operation is not None and self.operation.lower() == "execute":
+            return "wps-execute"
+        return None
 
 
 def decide(request, security: OWSSecurity) -> Optional[Decision]:
