@@ -12,6 +12,7 @@ def main(global_config, **settings):
         config.include(".status")
         features = config.registry.twitcher
         config.include(".owsexceptions")
+        config.include(".cors")  # on when twitcher.cors_allow_origins is set
         if features.ows_security:
             config.include(".tweens")
         if features.ows_proxy:
