@@ -18,11 +18,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from lxml import etree
 
-from .exceptions import Forbidden
+from .exceptions import Forbidden, InvalidParameterValue, MissingParameterValue
 from .owsrequest import xml_parser
 from .tokens import AccessToken, utcnow
 
@@ -91,6 +91,29 @@ def check_wps_path(store, service: str, extra_path: str, token: Optional[AccessT
     for record in store.fetch_jobs(service, candidates).values():
         if record.owner != owner:
             raise Forbidden("This job belongs to someone else.", locator="extra_path")
+
+
+#: WPS 2.0 requests about one job, named by its ``JobID``.
+WPS2_JOB_REQUESTS = frozenset({"getstatus", "getresult", "dismiss"})
+
+
+def wps2_job_id(query_string: str, body: bytes) -> str:
+    """The ``JobID`` of a WPS 2.0 ``GetStatus``/``GetResult``/``Dismiss``: the ``jobid`` parameter
+    (any letter case) of a GET, the ``wps:JobID`` element of a POST body. Missing or given twice
+    with different values: refused, as what is checked must be what the backend reads."""
+    found = [unquote_plus(value) for key, _, value in (p.partition("=") for p in query_string.split("&"))
+             if unquote_plus(key).strip().lower() == "jobid"]
+    if body:
+        try:
+            root = etree.fromstring(body, xml_parser())
+            found += [(e.text or "").strip() for e in root.iter(f"{{{_WPS_NS[1]}}}JobID")]
+        except etree.XMLSyntaxError:
+            pass  # the tween parsed this body already: it is well-formed
+    if not found or not found[0]:
+        raise MissingParameterValue("This request names no JobID.", locator="JobID")
+    if any(value != found[0] for value in found[1:]):
+        raise InvalidParameterValue("The request names several different JobIDs.", locator="JobID")
+    return found[0]
 
 
 # -- on the way back: learning the owner, filtering lists ----------------------------------------

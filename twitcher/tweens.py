@@ -294,12 +294,13 @@ class OWSSecurity:
                 raise OWSException("The access token carries data that cannot be used.", status=500) from None
         decision = Decision(target, service, route, token=record,
                             operation=ows.request if ows is not None else None)
-        self.check_job_owner(store, decision, environ.get("PATH_INFO", ""))
+        self.check_job_owner(store, decision, request)
         return decision
 
-    def check_job_owner(self, store, decision: Decision, path: str) -> None:
+    def check_job_owner(self, store, decision: Decision, request) -> None:
         """Refuse (403, before anything is forwarded) a job of someone else: an OGC API
-        ``/jobs/{jobId}[/...]``, or a WPS extra path that names a recorded job (:mod:`twitcher.jobs`)."""
+        ``/jobs/{jobId}[/...]``, a WPS extra path that names a recorded job, a WPS 2.0
+        ``GetStatus``/``GetResult``/``Dismiss`` of a job (:mod:`twitcher.jobs`)."""
         service = decision.service
         if service is None:
             return
@@ -307,8 +308,13 @@ class OWSSecurity:
             if decision.route.kind == JOB:
                 jobs.check_ogcapi_job(store, service.name, decision.route.job_id, decision.token)
         elif decision.target.extra:
+            path = request.environ.get("PATH_INFO", "")
             jobs.check_wps_path(store, service.name, path[len(f"{self.prefix}/{PROXY}/{service.name}"):],
                                 decision.token)
+        elif (decision.operation or "").lower() in jobs.WPS2_JOB_REQUESTS:
+            body = request.body if request.environ["REQUEST_METHOD"] == "POST" else b""
+            job_id = jobs.wps2_job_id(request.environ.get("QUERY_STRING", ""), body)
+            jobs.check_ogcapi_job(store, service.name, job_id, decision.token)
 
     def classify_ogcapi(self, request, target: Target) -> Route:
         """The route of a request to an ``ogcapi`` service, refusing methods and bodies we do not take."""
