@@ -76,3 +76,15 @@ def test_broken_json_and_other_encodings_pass_unchanged():
     assert rewrite_json(b'{"a": "http://h:5000/api/x\\q"', ROOT, PROXY) == b'{"a": "http://h:5000/api/x\\q"'
     utf16 = '{"a": "http://h:5000/api/x"}'.encode("utf-16")
     assert rewrite_json(utf16, ROOT, PROXY) == utf16
+
+
+def test_a_url_quoted_inside_a_text_is_not_a_url_value():
+    body = b'{"t": "see \\"http://h:5000/api/x\\" here", "u": ["http://h:5000/api/y"]}'
+    assert rewrite_json(body, ROOT, PROXY) == (
+        b'{"t": "see \\"http://h:5000/api/x\\" here", "u": ["https://tw.example/ows/proxy/geo/y"]}')
+
+
+def test_a_mapped_url_that_needs_escapes_is_escaped():
+    body = '{"u": "http://h:5000/api/caf\u00e9?q=\\"x\\""}'.encode()
+    out = json.loads(rewrite_json(body, ROOT, PROXY))
+    assert out["u"].startswith(PROXY + "/caf") and out["u"].endswith('"x"')

@@ -52,6 +52,11 @@ from twitcher.ogcapi.routes import (
     ("GET", "/jobs/j1/results", Route(TOKEN, JOB, "j1")),
     ("DELETE", "/jobs/j1", Route(TOKEN, JOB, "j1")),
     ("GET", "/JOBS/j1/results/out", Route(TOKEN, JOB, "j1")),
+    ("GET", "/jobs;x/j1", Route(TOKEN, JOB, "j1")),             # Tomcat drops ;x: so do we
+    ("GET", "/jobs;x", Route(TOKEN, JOB_LIST)),
+    ("GET", "/jobs/j1;x", Route(TOKEN, JOB, "j1;x")),           # not a job id we record: refused later
+    ("GET", "/processes;x", Route(PUBLIC)),
+    ("GET", "/collections/;x/items", Route(TOKEN)),
 ])
 def test_default_table(method, path, expected):
     assert classify(method, path) == expected

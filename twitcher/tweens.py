@@ -1,9 +1,13 @@
 """The OWS security tween: under the protected path, only public requests or valid tokens pass.
 
 One pass per request: find the target, parse the OWS request (errors are 400 whatever the
-token), decide whether a token is needed, extract and check it against the store, clean the
-WSGI environ, then call the handler. Every refusal is an exception rendered by
-:mod:`twitcher.owsexceptions`.
+token) or classify the OGC API request by method and path (:mod:`twitcher.ogcapi.routes`),
+decide whether a token is needed, extract and check it against the store, check the owner of a
+job the request reads (:mod:`twitcher.jobs`), clean the WSGI environ, then call the handler.
+Every refusal is an exception rendered by :mod:`twitcher.owsexceptions`.
+
+The judgement is :func:`decide`, a plain function returning a :class:`Decision`: the tween is a
+thin wrapper around it, so that any other caller judges a request exactly the same way.
 """
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ body the backend reads differently. Order of the decision, first match wins:
    the table does not know. Fail closed: an unknown path is a protected path.
 
 Literal segments match without regard to letter case (a backend may not care either, and a
-job path spelt ``/JOBS/1`` must not escape the owner check); a trailing ``/`` is ignored.
+job path spelt ``/JOBS/1`` must not escape the owner check), and without the path parameters
+that servlet containers cut off (``/jobs;x/1`` is ``/jobs/1`` to Tomcat, so it is to us); a
+trailing ``/`` is ignored.
 """
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ def _segments(path: str) -> list:
     return path.split("/")[1:] if path != "/" else []
 
 
+def _without_parameters(segment: str) -> str:
+    """A path segment without its ``;parameters`` (RFC 3986 3.3), as servlet containers read it."""
+    return segment.split(";", 1)[0]
+
+
 def _good_template(template: str) -> bool:
     if not template.startswith("/"):
         return False
@@ -63,7 +70,7 @@ def template_matches(template: str, path: str) -> bool:
     """True when ``path`` (normalised) fits ``template``: ``{x}`` is one non-empty segment, a final
     ``**`` any number of segments, other segments literal (letter case ignored)."""
     want = _segments(normalise_path(template))
-    have = _segments(normalise_path(path))
+    have = [_without_parameters(s) for s in _segments(normalise_path(path))]
     if want and want[-1] == ANY_DEPTH:
         want = want[:-1]
         if len(have) < len(want):
@@ -133,7 +140,7 @@ def classify(method: str, path: str, extra_rules: Sequence[Rule] = ()) -> Route:
     method = method.upper()
     path = normalise_path(path)
     segments = _segments(path)
-    if segments and segments[0].lower() == "jobs":
+    if segments and _without_parameters(segments[0]).lower() == "jobs":
         if len(segments) == 1:
             return Route(TOKEN, JOB_LIST)
         return Route(TOKEN, JOB, job_id=segments[1])
