@@ -222,3 +222,28 @@ def test_a_job_twitcher_has_no_record_of_is_refused_to_everyone(api, people, pyg
     for who in ("alice", "bob", "anonymous"):
         answer = requests.get(f"{api}/jobs/{job_id}", headers=bearer(people[who]), timeout=TIMEOUT)
         assert answer.status_code == 403
+
+
+# -- answers beyond twitcher.rewrite_max_bytes ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_limit(twitcher):
+    """A second Twitcher on the same store that rewrites nothing over 200 bytes."""
+    _, store = twitcher
+    with serve_twitcher({"twitcher.db_url": f"sqlite:///{store.path}", "twitcher.password": "x",
+                         "twitcher.rewrite_max_bytes": "200"}) as base_url:
+        yield base_url + "/ows/proxy/geo"
+
+
+def test_json_beyond_the_limit_is_streamed_as_it_is(small_limit, pygeoapi_server):
+    _, backend_url = pygeoapi_server
+    answer = requests.get(f"{small_limit}/processes?f=json", timeout=TIMEOUT)
+    assert answer.status_code == 200
+    assert backend_url + "/processes" in answer.text  # not rewritten: streamed past the limit
+    assert int(answer.headers["Content-Length"]) == len(answer.content)
+
+
+def test_a_job_list_beyond_the_limit_is_refused_not_shown_unfiltered(small_limit, people):
+    start_job(small_limit, people["bob"], "B")
+    answer = requests.get(f"{small_limit}/jobs?f=json", headers=bearer(people["alice"]), timeout=TIMEOUT)
+    assert answer.status_code == 403 and answer.headers["Content-Type"] == PROBLEM

@@ -116,3 +116,14 @@ def test_template_matching(template, path, expected):
 
 def test_other_kind_for_plain_requests():
     assert classify("GET", "/collections").kind == OTHER
+
+
+def test_a_bad_rule_in_the_settings_stops_start_up_naming_the_key():
+    from twitcher.exceptions import ConfigurationError
+    from twitcher.settings import parse_settings
+
+    with pytest.raises(ConfigurationError, match="twitcher.ogcapi_public"):
+        parse_settings({"twitcher.password": "x", "twitcher.ogcapi_public": "public GET tiles"}, environ={})
+    settings = parse_settings({"twitcher.password": "x", "twitcher.ogcapi_public": "public GET /tiles/**"},
+                              environ={})
+    assert classify("GET", "/tiles/1/2", settings.ogcapi_public) == Route(PUBLIC)
