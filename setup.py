@@ -26,6 +26,8 @@ extras = {
         "pywps>=4.5",
         "ruff>=0.5",
         "requests>=2.28",  # the tests' and the benchmark's HTTP client
+        # OGC API - Processes/Features backend of the ogcapi end-to-end suites (tests/test_e2e_ogcapi.py).
+        "pygeoapi>=0.21,<0.22",
     ],
     "docs": ["sphinx>=7.4"],  # 7.4: the confval directive of docs/configuration.rst
     "prod": ["gunicorn>=21"],

@@ -78,3 +78,21 @@ def dead_mongodb_url() -> str:
         port = sock.getsockname()[1]
     # The socket is closed (never listened on): connecting is refused at once.
     return f"mongodb://127.0.0.1:{port}/twitcher?serverSelectionTimeoutMS=300&connectTimeoutMS=300"
+
+
+@pytest.fixture(scope="session")
+def pygeoapi_server(tmp_path_factory):
+    """A real pygeoapi on 127.0.0.1 for the whole session (pygeoapi allows one per process).
+
+    Use it for OGC API end-to-end tests; yields the :class:`tests.pygeoapi_backend.PygeoapiBackend`
+    (its ``requests`` show what reached the backend) and its base URL. Skipped, saying so, when
+    pygeoapi cannot be imported.
+    """
+    pytest.importorskip("pygeoapi", reason="pygeoapi is not installed (pip install -e .[test])")
+    from tests.pygeoapi_backend import PygeoapiBackend
+    from tests.servers import serve_wsgi
+
+    backend = PygeoapiBackend()
+    with serve_wsgi(backend) as base_url:
+        backend.configure(base_url, tmp_path_factory.mktemp("pygeoapi"))
+        yield backend, base_url

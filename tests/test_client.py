@@ -61,6 +61,12 @@ def test_gentoken_prints_a_token_the_store_knows(ctl, store):
     assert int(record.expires_at.timestamp()) == answer["expires_at"]
 
 
+def test_gentoken_with_a_subject(ctl, store):
+    status, answer, _ = ctl("gentoken", "--subject", "alice")
+    assert status == 0
+    assert store.fetch_token(token_digest(answer["access_token"])).subject == "alice"
+
+
 def test_gentoken_text_output_shows_token_and_expiry(ctl, store):
     status, text, _ = ctl("gentoken", json_output=False)
     token, expiry = text.splitlines()

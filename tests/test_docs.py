@@ -344,3 +344,14 @@ def test_readme_example_mints_a_token_and_runs_execute(demo_twitcher):
                           timeout=EXAMPLE_TIMEOUT, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["<ows:Identifier>hello</ows:Identifier>", "401", "Hello you"]
+
+
+def test_ogcapi_page_shows_the_classification_table_of_the_code():
+    from twitcher.ogcapi.routes import DEFAULT_RULES, describe_rules
+
+    text = (DOCS / "ogcapi.rst").read_text(encoding="utf-8")
+    table = text[text.index(":name: ogcapi-public-table"):]
+    table = table[: table.index("\n\n", table.index("* - methods"))]
+    cells = re.findall(r"^\s+[*]? +- (.*)$", table, re.MULTILINE)
+    rows = [tuple(c.strip("`") for c in cells[i:i + 3]) for i in range(3, len(cells), 3)]
+    assert rows == describe_rules(DEFAULT_RULES)

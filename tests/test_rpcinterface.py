@@ -43,6 +43,9 @@ BAD_CALLS = [
     ("generate_token", (1, ["A=b"]), "environ must be a struct"),
     ("generate_token", (1, {f"K{i}": "v" for i in range(33)}), "at most 32 entries"),
     ("generate_token", (1, {"KEY": "x" * 5000}), "longer than 4096"),
+    ("generate_token", (1, {}, 42), "subject must be a string"),
+    ("generate_token", (1, {}, "a" * 300), "longer than 256"),
+    ("generate_token", (1, {}, "alice\n"), "printable"),
     ("generate_token", (1, {"PATH_INFO": "/admin"}), "reserved"),
     ("generate_token", (1, {"HTTP_AUTHORIZATION": "x"}), "reserved"),
     ("generate_token", (1, {"wsgi.input": "x"}), "not allowed"),
@@ -126,6 +129,14 @@ def test_generate_token_accepts_what_old_portals_send(testapp, store):
     answer = result(rpc(testapp, "generate_token", "3", {"esgf_access_token": "abc"}))
     assert abs(answer["expires_at"] - (time.time() + 3 * 3600)) < 5
     assert store.fetch_token(token_digest(answer["access_token"])).environ == {"esgf_access_token": "abc"}
+
+
+def test_generate_token_stores_the_subject_third_argument(testapp, store):
+    answer = result(rpc(testapp, "generate_token", 1, {}, "alice@example.org"))
+    assert store.fetch_token(token_digest(answer["access_token"])).subject == "alice@example.org"
+    for call in ((1,), (1, {}), (1, {}, "")):  # the 0.3/0.4 calls, and an empty subject: none
+        answer = result(rpc(testapp, "generate_token", *call))
+        assert store.fetch_token(token_digest(answer["access_token"])).subject is None
 
 
 def test_tokens_are_distinct_and_long(testapp):

@@ -16,6 +16,7 @@ import pytest
 from mongomock.store import ServerStore
 
 from twitcher.exceptions import AccessDenied, InvalidArgument, ServiceExists, StoreUnavailable
+from twitcher.jobs import JobRecord
 from twitcher.services import Service
 from twitcher.store import Store, open_store
 from twitcher.store.base import EXPIRED_GRACE_SECONDS
@@ -125,6 +126,66 @@ def test_environ_round_trips_unicode(any_store):
     environ = {"USER": "Zoë Ångström", "GREETING": "こんにちは ✓", "EMPTY": ""}
     record = saved_token(any_store, environ=environ)
     assert dict(any_store.fetch_token(record.digest).environ) == environ
+
+
+def test_subject_round_trips_and_defaults_to_none(any_store):
+    _, with_subject = new_token(1, subject="alice@example.org")
+    any_store.save_token(with_subject)
+    assert any_store.fetch_token(with_subject.digest).subject == "alice@example.org"
+    assert any_store.fetch_token(saved_token(any_store).digest).subject is None
+
+
+# -- job owners ---------------------------------------------------------------------------
+
+
+def job(job_id: str = "j-1", owner: str = "subject:alice", service: str = "geo", hours: float = 1.0,
+        now=None) -> JobRecord:
+    return JobRecord(service, job_id, owner, (now or utcnow()).replace(microsecond=0) + timedelta(hours=hours))
+
+
+def test_saved_job_is_fetched_by_service_and_id(any_store):
+    record = job()
+    assert any_store.save_job(record) is True
+    assert any_store.fetch_jobs("geo", ["j-1", "j-2"]) == {"j-1": record}
+    assert any_store.fetch_jobs("other", ["j-1"]) == {}
+    assert any_store.fetch_jobs("geo", []) == {}
+
+
+def test_a_job_never_changes_owner(any_store):
+    assert any_store.save_job(job(owner="subject:alice"))
+    assert any_store.save_job(job(owner="subject:bob")) is False
+    assert any_store.fetch_jobs("geo", ["j-1"])["j-1"].owner == "subject:alice"
+
+
+def test_the_same_job_id_on_two_services_are_two_jobs(any_store):
+    assert any_store.save_job(job(service="a", owner="subject:alice"))
+    assert any_store.save_job(job(service="b", owner="subject:bob"))
+    assert any_store.fetch_jobs("b", ["j-1"])["j-1"].owner == "subject:bob"
+
+
+def test_expired_job_records_are_not_fetched_and_give_way(any_store):
+    old = job(now=utcnow() - timedelta(hours=3))
+    assert any_store.save_job(old)
+    assert any_store.fetch_jobs("geo", ["j-1"]) == {}
+    assert any_store.save_job(job(owner="subject:bob"))
+    assert any_store.fetch_jobs("geo", ["j-1"])["j-1"].owner == "subject:bob"
+
+
+def test_purge_deletes_only_expired_job_records(any_store):
+    any_store.save_job(job("old", now=utcnow() - timedelta(hours=3)))
+    any_store.save_job(job("new"))
+    # MongoDB's TTL index may have removed the old record already (mongomock does so at once).
+    assert any_store.purge_expired_jobs() <= 1
+    assert any_store.purge_expired_jobs() == 0
+    assert list(any_store.fetch_jobs("geo", ["old", "new"])) == ["new"]
+
+
+def test_many_job_ids_are_looked_up_at_once(any_store):
+    for n in range(30):
+        any_store.save_job(job(f"j-{n}", owner=f"subject:u{n % 3}"))
+    found = any_store.fetch_jobs("geo", [f"j-{n}" for n in range(40)])
+    assert sorted(found) == sorted(f"j-{n}" for n in range(30))
+    assert found["j-4"].owner == "subject:u1"
 
 
 def test_saving_a_digest_twice_is_refused_and_keeps_the_first(any_store):
@@ -562,7 +623,7 @@ def test_mongodb_keeps_expiry_as_a_bson_date():
     document = factory.raw()["tokens"].find_one({"digest": record.digest})
     assert isinstance(document["expires_at"], datetime)
     assert document["expires_at"] == record.expires_at.astimezone(timezone.utc)
-    assert "token" not in document and set(document) == {"_id", "digest", "expires_at", "environ", "revoked"}
+    assert "token" not in document and set(document) == {"_id", "digest", "expires_at", "environ", "revoked", "subject"}
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -407,7 +407,7 @@ def test_post_public_request_passes_with_its_body(app, recorder):
     assert recorder.last["body"] == body
 
 
-@pytest.mark.parametrize("name", ["wps100_execute.xml", "wps200_execute.xml", "wps200_getstatus.xml"])
+@pytest.mark.parametrize("name", ["wps100_execute.xml", "wps200_execute.xml"])
 def test_post_execute_needs_a_token_and_keeps_its_body(app, recorder, token, name):
     body = xml(name)
     app.post("/ows/proxy/emu", body, content_type="text/xml", status=401)
@@ -415,6 +415,41 @@ def test_post_execute_needs_a_token_and_keeps_its_body(app, recorder, token, nam
     app.post("/ows/proxy/emu", body, content_type="text/xml", headers={"Authorization": f"Bearer {token}"})
     assert recorder.last["body"] == body
     assert "HTTP_AUTHORIZATION" not in recorder.last["environ"]
+
+
+STATUS_JOB = "336ad1f2-4a7f-4d8a-9b3c-5a1b0f8e7c21"  # the JobID of corpus/wps200_getstatus.xml
+
+
+def test_wps2_getstatus_answers_only_the_jobs_owner_and_keeps_its_body(app, recorder):
+    from twitcher.jobs import new_record
+
+    store = app.app.registry.store
+    tokens = {}
+    for who in ("alice", "alice2", "bob"):
+        tokens[who], record = new_token(1, subject=who.rstrip("2"))
+        store.save_token(record)
+        if who == "alice":
+            owner = record
+    body = xml("wps200_getstatus.xml")
+    # No record of the job: refused to everyone (fail closed), nothing forwarded.
+    app.post("/ows/proxy/emu", body, content_type="text/xml", headers={"Access-Token": tokens["alice"]}, status=403)
+    store.save_job(new_record("emu", STATUS_JOB, owner, 1))
+    app.post("/ows/proxy/emu", body, content_type="text/xml", headers={"Access-Token": tokens["alice2"]})
+    assert recorder.last["body"] == body
+    calls = len(recorder.calls)
+    response = app.post("/ows/proxy/emu", body, content_type="text/xml", headers={"Access-Token": tokens["bob"]},
+                        status=403)
+    assert_report(response, 403, "NoApplicableCode", "jobId")
+    app.get(f"/ows/proxy/emu?service=WPS&version=2.0.0&request=GetResult&jobid={STATUS_JOB}",
+            headers={"Access-Token": tokens["bob"]}, status=403)
+    app.get(f"/ows/proxy/emu?service=WPS&version=2.0.0&request=Dismiss&JobID={STATUS_JOB}",
+            headers={"Access-Token": tokens["alice2"]})
+    assert len(recorder.calls) == calls + 1
+    # Two different JobIDs: which would the backend read? Refused.
+    app.get(f"/ows/proxy/emu?service=WPS&version=2.0.0&request=GetStatus&jobid={STATUS_JOB}&JOBID=x",
+            headers={"Access-Token": tokens["alice"]}, status=400)
+    app.get("/ows/proxy/emu?service=WPS&version=2.0.0&request=GetStatus", headers={"Access-Token": tokens["alice"]},
+            status=400)
 
 
 @pytest.mark.parametrize("name", ["xxe_file.xml", "xxe_network.xml", "billion_laughs.xml", "doctype_plain.xml",

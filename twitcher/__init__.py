@@ -13,6 +13,7 @@ def main(global_config, **settings):
         features = config.registry.twitcher
         config.include(".owsexceptions")
         config.include(".federation")
+        config.include(".cors")  # on when twitcher.cors_allow_origins is set
         if features.ows_security:
             config.include(".tweens")
         if features.ows_proxy:

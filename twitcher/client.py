@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import __version__
 from .adminauth import hash_password
+from .services import SERVICE_TYPES
 
 DEFAULT_SERVER = "http://localhost:8000"
 DEFAULT_USER = "admin"
@@ -177,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--signed", action="store_true",
                      help="a signed token that trusting sites verify from our public key (needs "
                           "twitcher.signing_key on the server)")
-    sub.add_argument("--subject", help="who the token is for (a user id)")
+    sub.add_argument("--subject", metavar="NAME",
+                     help="who the token is for; all tokens of one subject own the same jobs")
     _scope_arguments(sub, "allow only")
 
     sub = commands.add_parser("revoke", help="revoke one token, or all with --all")
@@ -188,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("register", help="register (or replace) an OWS service")
     sub.add_argument("url", help="the service URL, http(s)")
     sub.add_argument("--name", help="service name (default: derived from the URL)")
-    sub.add_argument("--type", choices=("wps", "wms", "wfs", "wcs"), help="service type (default wps)")
+    sub.add_argument("--type", choices=SERVICE_TYPES, help="service type (default wps)")
     sub.add_argument("--public", action="store_true", help="no token needed for this service")
     sub.add_argument("--auth", choices=("token", "cert"), help="how clients authenticate (default token)")
     sub.add_argument("--purl", help="public URL used in rewritten documents")

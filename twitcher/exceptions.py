@@ -92,6 +92,12 @@ class TokenOutOfScope(AccessDenied):
     status = 403
 
 
+class Forbidden(OWSException):
+    """A valid token, but not for this: someone else's job (403; nothing is forwarded)."""
+
+    status = 403
+
+
 class UnknownService(InvalidParameterValue):
     status = 404
 

@@ -1,4 +1,5 @@
-"""The one place where errors become OWS ``ExceptionReport`` responses.
+"""The one place where errors become OWS ``ExceptionReport`` responses (or, for OGC API
+services, RFC 7807 problem documents).
 
 OWS clients (OWSLib, QGIS, portals) understand an OGC ``ExceptionReport`` with a real HTTP status;
 they do not understand HTML error pages or tracebacks. The exception views registered here make
@@ -23,8 +24,13 @@ from .exceptions import (
     StoreDown,
     StoreUnavailable,
 )
+from .ogcapi.problems import problem_response, wants_problem
 
 log = logging.getLogger(__name__)
+
+#: The request attribute where the security tween leaves the service it resolved for a proxy
+#: request (see :mod:`twitcher.tweens`); here it decides how a refusal is rendered.
+SERVICE_ATTR = "ows_service"
 
 OWS_NS = "http://www.opengis.net/ows/1.1"
 XML_CONTENT_TYPE = "text/xml"
@@ -64,6 +70,15 @@ def ows_exception_response(exc: OWSException) -> Response:
     return response
 
 
+def error_response(exc: OWSException, request) -> Response:
+    """The answer for ``exc`` in the client's vocabulary: a problem document for OGC API
+    services (:func:`twitcher.ogcapi.problems.wants_problem`), an ExceptionReport otherwise."""
+    service = getattr(request, SERVICE_ATTR, None)
+    if wants_problem(service.type if service is not None else None, request.environ.get("HTTP_ACCEPT")):
+        return problem_response(exc)
+    return ows_exception_response(exc)
+
+
 def path_is_under(path: str, prefix: str) -> bool:
     """True when ``path`` is ``prefix`` or below it by whole segment (``/owsfoo`` is not under ``/ows``)."""
     return path == prefix or path.startswith(prefix + "/")
@@ -89,14 +104,14 @@ def _http_error_as_ows(exc: HTTPException, method: str) -> OWSException:
 
 @exception_view_config(OWSException)
 def ows_exception_view(exc, request) -> Response:
-    return ows_exception_response(exc)
+    return error_response(exc, request)
 
 
 @exception_view_config(StoreUnavailable)
 def store_unavailable_view(exc, request) -> Response:
     log.error("store unavailable while serving %s %s", request.method, request.path_info)
     if is_ows_request(request):
-        return ows_exception_response(StoreDown("The token store is not available; try again later."))
+        return error_response(StoreDown("The token store is not available; try again later."), request)
     return Response(json_body={"error": "store unavailable"}, status=503)
 
 
@@ -104,7 +119,7 @@ def store_unavailable_view(exc, request) -> Response:
 def http_exception_view(exc, request):
     """Pyramid's own HTTP errors (404, 405, ...) as ExceptionReports under the protected path."""
     if is_ows_request(request) and exc.code >= 400:
-        return ows_exception_response(_http_error_as_ows(exc, request.method))
+        return error_response(_http_error_as_ows(exc, request.method), request)
     return exc
 
 
@@ -113,7 +128,7 @@ def unexpected_error_view(exc, request) -> Response:
     """Anything unplanned: logged with its traceback here, answered without one."""
     log.exception("unexpected error serving %s %s", request.method, request.path_info)
     if is_ows_request(request):
-        return ows_exception_response(OWSException("Internal error in the security proxy.", status=500))
+        return error_response(OWSException("Internal error in the security proxy.", status=500), request)
     return Response(json_body={"error": "internal error"}, status=500)
 
 

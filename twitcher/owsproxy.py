@@ -50,11 +50,15 @@ from .exceptions import (
     ServiceBusy,
     UnknownService,
 )
+from .jobs import Inspector, answer_inspector
+from .ogcapi import OGCAPI
+from .ogcapi.links import api_root, is_json_media_type, rewrite_json
+from .ogcapi.routes import METHODS as OGCAPI_METHODS
 from .owsrewrite import charset_param, is_xml_media_type, rewrite_document, rewrite_link_header, rewrite_reference
 from .services import Service
 from .settings import TwitcherSettings
 from .tokens import strip_token_params, token_params
-from .tweens import ACCESS_ATTR, SERVICE_ATTR, Access
+from .tweens import ACCESS_ATTR, DECISION_ATTR, SERVICE_ATTR, Access
 from .upstream import Exchange, ServiceSlots, Slot, Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,8 @@ ALLOWED_METHODS = ("GET", "HEAD", "POST")
 RETRY_AFTER = 5
 #: The request headers that carry a token, which a shared cache must key an answer on.
 TOKEN_HEADERS = ("Authorization", "Access-Token")
+#: Methods whose request body is forwarded (PUT, PATCH and DELETE reach only ``ogcapi`` services).
+_BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -436,14 +442,32 @@ def _header(headers: List[Tuple[str, str]], name: str) -> Optional[str]:
     return None
 
 
+def _inspect_streamed(inspect: Optional[Inspector], upstream: Exchange) -> None:
+    """Show ``inspect`` an answer that will be streamed (no body); release the backend if it refuses."""
+    if inspect is None:
+        return
+    try:
+        inspect(upstream.status, upstream.headers, None)
+    except BaseException:
+        upstream.close()
+        raise
+
+
+def _rewritable_type(content_type: Optional[str]) -> bool:
+    return is_xml_media_type(content_type) or is_json_media_type(content_type)
+
+
 def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, proxy_url: str,
-                   rewrite_max_bytes: int, rewrite_timeout: Optional[float] = None) -> Response:
+                   rewrite_max_bytes: int, rewrite_timeout: Optional[float] = None,
+                   inspect: Optional[Inspector] = None) -> Response:
     """The answer to the client: status, end-to-end headers and the streamed, maybe rewritten body.
 
     ``method`` and ``url`` are those of the request sent upstream (``url`` resolves relative
     links in headers, and goes to the log). A document read for rewriting must arrive whole within
     ``rewrite_timeout`` seconds (504 otherwise): read timeouts count silences only, and a backend
     that trickles a byte at a time would otherwise hold the worker thread as long as it likes.
+    ``inspect`` (:mod:`twitcher.jobs`) sees the answer first: it records job owners, and may
+    replace a document it read (a filtered job list) or refuse the answer by raising.
     """
     headers = forward_response_headers(upstream.headers, service_url, proxy_url, url)
     content_type = _header(upstream.headers, "content-type")
@@ -455,17 +479,20 @@ def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, 
     if method == "HEAD":
         # No body to rewrite; a rewritten document's length is unknown until it is fetched.
         upstream.close()
-        if length is not None and not is_xml_media_type(content_type):
+        if inspect is not None:
+            inspect(upstream.status, upstream.headers, None)
+        if length is not None and not _rewritable_type(content_type):
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=[])
 
-    rewritable = is_xml_media_type(content_type) and encoding in ("identity", "gzip", "x-gzip", "deflate")
+    rewritable = _rewritable_type(content_type) and encoding in ("identity", "gzip", "x-gzip", "deflate")
     if not rewritable or (length is not None and length > rewrite_max_bytes):
+        _inspect_streamed(inspect, upstream)
         if length is not None:
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, upstream.chunks()))
 
-    # An XML document small enough to rewrite: read it decoded (a compressed one is sent on
+    # An XML or JSON document small enough to rewrite: read it decoded (a compressed one is sent on
     # uncompressed), but never more than the limit, whatever Content-Length promised.
     chunks = upstream.chunks()
     if encoding != "identity":
@@ -485,13 +512,19 @@ def proxy_response(upstream: Exchange, method: str, url: str, service_url: str, 
         raise BadGateway("The service sent a broken answer.") from None
     upstream.deadline = None  # a document too large to rewrite streams at its own pace
     if not complete:
+        _inspect_streamed(inspect, upstream)
         if length is not None and encoding == "identity":
             headers.append(("Content-Length", str(length)))
         return Response(status=status, headerlist=headers, app_iter=StreamedBody(upstream, url, chunks, read))
     upstream.close()
     body = b"".join(read)
+    if inspect is not None:
+        body = inspect(upstream.status, upstream.headers, body)
     try:
-        body = rewrite_document(body, service_url, proxy_url, charset_param(content_type))
+        if is_json_media_type(content_type):
+            body = rewrite_json(body, service_url, proxy_url)
+        else:
+            body = rewrite_document(body, service_url, proxy_url, charset_param(content_type))
     except Exception:  # a document the rewriting cannot handle goes on as it came, never a 500
         log.exception("backend %s sent a document that could not be rewritten; passed on as is", _loggable(url))
     headers.append(("Content-Length", str(len(body))))
@@ -507,22 +540,25 @@ def public_proxy_url(service: Service, settings: TwitcherSettings) -> str:
 
 def owsproxy_view(request: Request) -> Response:
     """Forward the request to the registered service; the security tween has let it pass."""
-    if request.method not in ALLOWED_METHODS:
-        raise OperationNotSupported(f"The HTTP method {request.method} is not supported; use GET, HEAD or POST.",
-                                    locator=request.method, status=405)
     name = request.matchdict["service_name"]
     service: Optional[Service] = getattr(request, SERVICE_ATTR, None)
     if service is None or service.name != name:  # the security tween is off: look it up here
         service = request.registry.store.fetch_by_name(name)
     if service is None:
         raise UnknownService(name)
+    ogcapi = service.type == OGCAPI
+    if request.method not in (OGCAPI_METHODS if ogcapi else ALLOWED_METHODS):
+        raise OperationNotSupported(f"The HTTP method {request.method} is not supported here.",
+                                    locator=request.method, status=405)
     settings: TwitcherSettings = request.registry.twitcher
     access: Access = getattr(request, ACCESS_ATTR, None) or Access(None, False)
     extra_path = request.matchdict.get("extra_path")
     if access.token and extra_path and access.token in (unquote(s) for s in extra_path.split("/")):
         raise InvalidParameterValue("The extra path contains the access token; send it in a header.",
                                     locator="extra_path")
-    url = target_url(service.url, request.environ.get("QUERY_STRING", ""), extra_path)
+    # An OGC API's landing page is a directory: extra paths go below it, not beside it.
+    base_url = api_root(service.url) if ogcapi and extra_path is not None else service.url
+    url = target_url(base_url, request.environ.get("QUERY_STRING", ""), extra_path)
     proxy_url = public_proxy_url(service, settings)
     # X-Forwarded-Proto and -Host from the public URL, not from the client's Host header: a backend
     # that builds links from them must not be led to write a host of the client's choosing.
@@ -530,19 +566,23 @@ def owsproxy_view(request: Request) -> Response:
     # remote_addr, not client_addr: webob's client_addr believes what X-Forwarded-For claims.
     headers = forward_request_headers(environ_headers(request.environ), request.remote_addr, public.scheme,
                                       public.netloc, access.token)
-    body = request_body(request, settings.max_request_body) if request.method == "POST" else None
+    body = request_body(request, settings.max_request_body) if request.method in _BODY_METHODS else None
     slot = request.registry.service_slots.acquire(service.name)
     if slot is None:
         log.warning("service %s has %d exchanges in flight already: refused", service.name,
                     settings.max_inflight_per_service)
         raise ServiceBusy("The service is busy; try again later.", retry_after=RETRY_AFTER)
+    decision = getattr(request, DECISION_ATTR, None)
+    inspect = None if decision is None else answer_inspector(
+        decision.answer_kind, service.name, decision.token, request.registry.store, settings.job_retention_hours,
+        api_root(service.url))
     try:
         upstream = send(request.registry.upstream, request.method, url, headers, body,
                         service.verify, settings.proxy_timeout, slot)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
-        response = proxy_response(upstream, request.method, url, service.url, proxy_url,
-                                  settings.rewrite_max_bytes, settings.rewrite_timeout)
+        response = proxy_response(upstream, request.method, url, api_root(service.url) if ogcapi else service.url,
+                                  proxy_url, settings.rewrite_max_bytes, settings.rewrite_timeout, inspect)
     except BaseException:
         slot.release()
         raise

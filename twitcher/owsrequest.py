@@ -21,7 +21,7 @@ from .exceptions import (
     MissingParameterValue,
     OperationNotSupported,
 )
-from .services import SERVICE_TYPES
+from .services import OWS_TYPES
 
 #: The keys whose values decide access; each may be given at most once.
 DECISIVE_KEYS = ("service", "request", "version")
@@ -111,9 +111,9 @@ def _checked(service: Optional[str], request: Optional[str], version: Optional[s
     """Check the three decisive values of a request at the root of a service."""
     if not service:
         raise MissingParameterValue("The parameter 'service' is missing or empty.", locator="service")
-    if service.lower() not in SERVICE_TYPES:
+    if service.lower() not in OWS_TYPES:
         raise InvalidParameterValue(
-            f"Unknown service type; expected one of {', '.join(t.upper() for t in SERVICE_TYPES)}.",
+            f"Unknown service type; expected one of {', '.join(t.upper() for t in OWS_TYPES)}.",
             locator="service")
     if not request:
         raise MissingParameterValue("The parameter 'request' is missing or empty.", locator="request")

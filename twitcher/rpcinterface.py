@@ -114,7 +114,8 @@ def generate_token(request, valid_in_hours: Any = 1, environ: Any = None, subjec
     (numeric strings are accepted). ``environ``: optional struct of strings handed to the internal
     WPS with each request made with this token (never to proxied services); at most
     32 entries, keys are letters, digits and ``_`` that do not clash with WSGI/CGI names.
-    ``subject``: optional string naming who the token is for.
+    ``subject``: optional, who the token is for (a user name, at most 256 printable characters);
+    every token of one subject owns that subject's jobs, a token without one only its own.
 
     ``options``: optional struct. ``{"signed": true}`` makes a signed token (a Biscuit, see
     docs/federation.rst) that other sites trusting this one accept without asking us; it needs
@@ -131,7 +132,7 @@ def generate_token(request, valid_in_hours: Any = 1, environ: Any = None, subjec
     signed = scope.signed_options(options)
     if signed is not None:
         return _generate_signed_token(request, hours, data, scope.subject(subject), signed)
-    token, record = tokens.new_token(hours, data)
+    token, record = tokens.new_token(hours, data, subject=tokens.validate_subject(subject))
     request.registry.store.save_token(record)
     log.info("admin API: token %s generated, valid %g h", tokens.fingerprint(token), hours)
     return {"access_token": token, "expires_at": int(record.expires_at.timestamp())}

@@ -9,7 +9,10 @@ from urllib.parse import urlsplit
 
 from .exceptions import InvalidArgument
 
-SERVICE_TYPES = ("wps", "wms", "wfs", "wcs")
+#: The OWS types, named by the ``service`` parameter of their requests.
+OWS_TYPES = ("wps", "wms", "wfs", "wcs")
+#: What a service may be registered as: an OWS type, or ``ogcapi`` (see twitcher/ogcapi/).
+SERVICE_TYPES = (*OWS_TYPES, "ogcapi")
 AUTH_METHODS = ("token", "cert")
 MAX_URL_LENGTH = 2048
 _NAME = re.compile(r"^[a-z0-9_-]{1,64}$")

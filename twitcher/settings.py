@@ -17,6 +17,7 @@ from .exceptions import ConfigurationError
 from .federation.issuers import TrustedIssuer
 from .federation.issuers import parse_site_id as _site_id
 from .federation.issuers import parse_trusted_issuers as _trusted_issuers
+from .ogcapi.routes import Rule, parse_rules
 
 #: The requests that need no token unless ``twitcher.public_requests`` says otherwise.
 DEFAULT_PUBLIC_REQUESTS = (
@@ -40,6 +41,9 @@ class TwitcherSettings:
     wps_workdir: Optional[str] = None
     protected_path: str = "/ows"
     public_requests: FrozenSet[Tuple[str, str]] = frozenset()
+    ogcapi_public: Tuple[Rule, ...] = ()
+    job_retention_hours: float = 720.0
+    cors_allow_origins: Tuple[str, ...] = ()
     username: str = "admin"
     password: Optional[str] = None
     token_max_hours: float = 720.0
@@ -119,6 +123,23 @@ def _public_requests(value: str) -> FrozenSet[Tuple[str, str]]:
     return frozenset(pairs)
 
 
+def _origins(value: str) -> Tuple[str, ...]:
+    """``*`` alone, or origins (``scheme://host[:port]``, no path); empty means CORS off."""
+    words = _words(value)
+    if "*" in words:
+        if len(words) > 1:
+            raise ValueError("* allows every origin: give it alone or list origins")
+        return ("*",)
+    origins = []
+    for word in words:
+        parts = urlsplit(word)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+                or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"expected origins such as https://portal.example.org, got {word!r}")
+        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(origins)
+
+
 def _timeouts(value: str) -> Tuple[float, float]:
     """One number for both timeouts, or ``connect, read``."""
     numbers = [_positive_number(v) for v in _words(value)]
@@ -145,6 +166,9 @@ _PARSERS: Mapping[str, Callable[[str], object]] = {
     "wps_workdir": _optional,
     "protected_path": _path_prefix,
     "public_requests": _public_requests,
+    "ogcapi_public": parse_rules,
+    "job_retention_hours": _positive_number,
+    "cors_allow_origins": _origins,
     "username": str.strip,
     "password": _optional,
     "token_max_hours": _positive_number,

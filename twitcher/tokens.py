@@ -58,13 +58,15 @@ class AccessToken:
     expires_at: datetime
     environ: Mapping[str, str] = field(default_factory=dict)
     revoked: bool = False
+    #: Who the token was made for (``generate_token(..., subject)``); owns the jobs it creates.
+    subject: Optional[str] = None
 
     def is_expired(self, now: Optional[datetime] = None) -> bool:
         return (now or utcnow()) >= self.expires_at
 
 
 def new_token(valid_in_hours: float, environ: Optional[Mapping[str, str]] = None,
-              now: Optional[datetime] = None) -> Tuple[str, AccessToken]:
+              now: Optional[datetime] = None, subject: Optional[str] = None) -> Tuple[str, AccessToken]:
     """Make a fresh token; return the clear-text token (for the client only) and its record."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     # Whole seconds: expires_at travels as int epoch seconds over XML-RPC and as BSON dates.
@@ -73,6 +75,7 @@ def new_token(valid_in_hours: float, environ: Optional[Mapping[str, str]] = None
         digest=token_digest(token),
         expires_at=start + timedelta(hours=valid_in_hours),
         environ=dict(environ or {}),
+        subject=subject,
     )
     return token, record
 
@@ -103,6 +106,23 @@ def validate_hours(value: Any, max_hours: float) -> float:
     if value > max_hours:
         raise InvalidArgument(f"valid_in_hours must be at most {max_hours:g} (twitcher.token_max_hours), got {value!r}")
     return float(value)
+
+
+SUBJECT_MAX = 256
+
+
+def validate_subject(subject: Any) -> Optional[str]:
+    """Check the ``subject`` of ``generate_token``: None or empty for none, else a string of at
+    most 256 printable characters (a user name, an e-mail address, an OpenID ``sub``)."""
+    if subject is None or subject == "":
+        return None
+    if not isinstance(subject, str):
+        raise InvalidArgument(f"subject must be a string, got {type(subject).__name__}")
+    if len(subject) > SUBJECT_MAX:
+        raise InvalidArgument(f"subject is longer than {SUBJECT_MAX} characters")
+    if not subject.isprintable() or subject != subject.strip():
+        raise InvalidArgument("subject must be printable, without leading or trailing spaces")
+    return subject
 
 
 def validate_environ(environ: Any) -> dict:

@@ -1,9 +1,13 @@
 """The OWS security tween: under the protected path, only public requests or valid tokens pass.
 
 One pass per request: find the target, parse the OWS request (errors are 400 whatever the
-token), decide whether a token is needed, extract and check it against the store, clean the
-WSGI environ, then call the handler. Every refusal is an exception rendered by
-:mod:`twitcher.owsexceptions`.
+token) or classify the OGC API request by method and path (:mod:`twitcher.ogcapi.routes`),
+decide whether a token is needed, extract and check it against the store, check the owner of a
+job the request reads (:mod:`twitcher.jobs`), clean the WSGI environ, then call the handler.
+Every refusal is an exception rendered by :mod:`twitcher.owsexceptions`.
+
+The judgement is :func:`decide`, a plain function returning a :class:`Decision`: the tween is a
+thin wrapper around it, so that any other caller judges a request exactly the same way.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import List, Optional
 
 from pyramid.tweens import EXCVIEW
 
+from . import jobs
 from .exceptions import (
     AccessDenied,
     InvalidArgument,
@@ -25,7 +30,10 @@ from .exceptions import (
     UnknownService,
 )
 from .federation.access import INTERNAL_WPS, check_access
-from .owsexceptions import path_is_under
+from .ogcapi import OGCAPI
+from .ogcapi.routes import EXECUTE, JOB, JOB_LIST, PUBLIC, Route, classify
+from .ogcapi.routes import METHODS as OGCAPI_METHODS
+from .owsexceptions import SERVICE_ATTR, path_is_under
 from .owsrequest import (
     OWSRequest,
     check_query_agrees,
@@ -34,22 +42,32 @@ from .owsrequest import (
     parse_xml,
     request_for_service,
 )
-from .services import check_name
+from .services import Service, check_name
 from .settings import TwitcherSettings
-from .tokens import fingerprint, strip_token_params, token_digest, token_params, validate_environ
+from .tokens import (
+    AccessToken,
+    fingerprint,
+    strip_token_params,
+    token_digest,
+    token_params,
+    validate_environ,
+)
 
 log = logging.getLogger(__name__)
 
 PROXY = "proxy"
 WPS = "wps"
-#: The request attribute where the tween leaves the service it resolved for a proxy request, so
-#: that the proxy view does not look the same service up a second time. Absent when the tween is
-#: off (``twitcher.ows_security = false``): the view then looks the service up itself.
-SERVICE_ATTR = "ows_service"
+# SERVICE_ATTR (from owsexceptions, which renders refusals by the service's type): the request
+# attribute where the tween leaves the service it resolved for a proxy request, so that the proxy
+# view does not look the same service up a second time. Absent when the tween is off
+# (``twitcher.ows_security = false``): the view then looks the service up itself.
 #: The request attribute where the tween leaves an :class:`Access` for the proxy, which must keep
 #: the token out of the extra path and shared caches away from answers to protected requests.
 ACCESS_ATTR = "ows_access"
 OTHER = "other"
+#: The request attribute where :func:`decide` leaves its :class:`Decision` for the handlers
+#: (the proxy records the owner of a job it relays the creation of).
+DECISION_ATTR = "ows_decision"
 _READ_CHUNK = 64 * 1024
 _ALLOWED_METHODS = ("GET", "HEAD", "POST")
 #: What a token in the path may look like: ``secrets.token_urlsafe`` output (ours is 43 characters).
@@ -217,6 +235,7 @@ class OWSSecurity:
         self.public_requests = settings.public_requests
         self.max_body = settings.max_request_body
         self.trust_cert_header = settings.trust_forwarded_cert_header
+        self.ogcapi_rules = settings.ogcapi_public
 
     def parse(self, request, target: Target) -> Optional[OWSRequest]:
         """The OWS request at a service root (None below it), refusing what must not be judged."""
@@ -237,8 +256,11 @@ class OWSSecurity:
             return ows
         return parse_kvp(query_string)
 
-    def check(self, request, target: Target) -> None:
-        """Raise unless ``request`` may reach its handler; clean its environ when it may."""
+    def check(self, request, target: Target) -> Decision:
+        """Raise unless ``request`` may reach its handler; clean its environ when it may.
+
+        Returns the :class:`Decision`: whether the request passed as public, and with which token.
+        """
         store = request.registry.store
         path_token = None
         if target.extra and target.kind != OTHER:
@@ -246,32 +268,36 @@ class OWSSecurity:
             path_token = take_path_token(request.environ, root, store)
         if path_token is not None:
             target = replace(target, extra=False)
-        ows = self.parse(request, target)
+        service = None
+        if target.kind == PROXY and _valid_name(target.service_name):
+            service = store.fetch_by_name(target.service_name)
+        if service is not None:
+            setattr(request, SERVICE_ATTR, service)  # also for refusals: their form follows the type
+        route, ows = None, None
+        if service is not None and service.type == OGCAPI:
+            route = self.classify_ogcapi(request, target)
+            public = route.access == PUBLIC
+        else:
+            ows = self.parse(request, target)
+            if target.kind == PROXY and service is None:
+                raise UnknownService(target.service_name)
+            service_type = service.type if service is not None else "wps"
+            if ows is not None and target.kind != OTHER:
+                public = (service_type, request_for_service(ows, service_type)) in self.public_requests
+            else:
+                public = False
+        if service is not None and service.public:
+            public = True
         environ = request.environ
         query_tokens = token_params(environ.get("QUERY_STRING", ""))
         token = _token_of(environ, query_tokens + ([path_token] if path_token else []))
-
-        service = None
-        if target.kind == PROXY:
-            service = store.fetch_by_name(target.service_name) if _valid_name(target.service_name) else None
-            if service is None:
-                raise UnknownService(target.service_name)
-            setattr(request, SERVICE_ATTR, service)
-        service_type = service.type if service is not None else "wps"
-        if ows is not None and target.kind != OTHER:
-            name = request_for_service(ows, service_type)
-            public = (service_type, name) in self.public_requests
-        else:
-            public = False
-        if service is not None and service.public:
-            public = True
 
         cert_ok = (service is not None and service.auth == "cert" and self.trust_cert_header
                    and environ.get("HTTP_X_SSL_CLIENT_VERIFY") == "SUCCESS")
         strip_credentials(environ, self.trust_cert_header, bool(query_tokens))
         setattr(request, ACCESS_ATTR, Access(token, not public))
         if public or cert_ok:
-            return
+            return Decision(target, service, route)
         if token is None:
             raise AccessDenied("An access token is required for this request.")
         # Signed tokens are judged for this service and operation (None below a service root:
@@ -287,6 +313,81 @@ class OWSSecurity:
             except InvalidArgument:
                 log.error("token %s carries environ data that is not allowed; refused", fingerprint(token))
                 raise OWSException("The access token carries data that cannot be used.", status=500) from None
+        decision = Decision(target, service, route, token=record,
+                            operation=ows.request if ows is not None else None)
+        self.check_job_owner(store, decision, request)
+        return decision
+
+    def check_job_owner(self, store, decision: Decision, request) -> None:
+        """Refuse (403, before anything is forwarded) a job of someone else: an OGC API
+        ``/jobs/{jobId}[/...]``, a WPS extra path that names a recorded job, a WPS 2.0
+        ``GetStatus``/``GetResult``/``Dismiss`` of a job (:mod:`twitcher.jobs`)."""
+        service = decision.service
+        if service is None:
+            return
+        if decision.route is not None:
+            if decision.route.kind == JOB:
+                jobs.check_ogcapi_job(store, service.name, decision.route.job_id, decision.token)
+        elif decision.target.extra:
+            path = request.environ.get("PATH_INFO", "")
+            jobs.check_wps_path(store, service.name, path[len(f"{self.prefix}/{PROXY}/{service.name}"):],
+                                decision.token)
+        elif (decision.operation or "").lower() in jobs.WPS2_JOB_REQUESTS:
+            body = request.body if request.environ["REQUEST_METHOD"] == "POST" else b""
+            job_id = jobs.wps2_job_id(request.environ.get("QUERY_STRING", ""), body)
+            jobs.check_ogcapi_job(store, service.name, job_id, decision.token)
+
+    def classify_ogcapi(self, request, target: Target) -> Route:
+        """The route of a request to an ``ogcapi`` service, refusing methods and bodies we do not take."""
+        environ = request.environ
+        method = environ["REQUEST_METHOD"]
+        if method not in OGCAPI_METHODS:
+            raise OperationNotSupported(f"The HTTP method {method} is not supported here.", locator=method,
+                                        status=405)
+        if method not in ("GET", "HEAD"):
+            _declared_length(environ, self.max_body)
+        root = f"{self.prefix}/{PROXY}/{target.service_name}"
+        return classify(method, environ.get("PATH_INFO", "")[len(root):], self.ogcapi_rules)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the security check decided for one request that may pass.
+
+    ``token`` is the checked token's record, None when the request passed without one (public,
+    or a verified client certificate); ``route`` is the classification of an OGC API request,
+    ``operation`` the OWS request name (``Execute``) of a checked request at an OWS service root.
+    """
+
+    target: Target
+    service: Optional[Service] = None
+    route: Optional[Route] = None
+    token: Optional[AccessToken] = None
+    operation: Optional[str] = None
+
+    @property
+    def answer_kind(self) -> Optional[str]:
+        """What the answer means for job owners (see :func:`twitcher.jobs.answer_inspector`)."""
+        if self.route is not None:
+            return {EXECUTE: "execute", JOB_LIST: "jobs"}.get(self.route.kind)
+        if self.operation is not None and self.operation.lower() == "execute":
+            return "wps-execute"
+        return None
+
+
+def decide(request, security: OWSSecurity) -> Optional[Decision]:
+    """The one decision path: None for a path outside the protected prefix, else the
+    :class:`Decision` (left on the request as ``request.ows_decision``), or an exception.
+
+    The tween calls it for every request; anything else that must judge a request the same way
+    (an nginx verify endpoint, the internal WPS) calls it too.
+    """
+    target = resolve_target(request.path_info, security.prefix)
+    if target is None:
+        return None
+    decision = security.check(request, target)
+    setattr(request, DECISION_ATTR, decision)
+    return decision
 
 
 def _valid_name(name: Optional[str]) -> bool:
@@ -300,20 +401,17 @@ def _valid_name(name: Optional[str]) -> bool:
 def ows_security_tween_factory(handler, registry):
     """Guard every request under ``twitcher.protected_path``; pass everything else untouched."""
     security = OWSSecurity(registry.twitcher)
-    prefix = security.prefix
 
     def ows_security_tween(request):
-        target = resolve_target(request.path_info, prefix)
-        if target is not None:
-            try:
-                security.check(request, target)
-            except AccessDenied as exc:
-                # DEBUG, not INFO: every access log (nginx, gunicorn) has the 401 already, and
-                # a log record per refusal cost a sixth of the refusal's CPU and let any client
-                # flood the log.
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("refused %s %s: %s", request.method, request.path_info, exc.text)
-                raise
+        try:
+            decide(request, security)
+        except AccessDenied as exc:
+            # DEBUG, not INFO: every access log (nginx, gunicorn) has the 401 already, and
+            # a log record per refusal cost a sixth of the refusal's CPU and let any client
+            # flood the log.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("refused %s %s: %s", request.method, request.path_info, exc.text)
+            raise
         return handler(request)
 
     return ows_security_tween

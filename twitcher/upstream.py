@@ -368,8 +368,10 @@ class Exchange:
                     easy.setopt(option, value)
         if method == "HEAD":
             easy.setopt(pycurl.NOBODY, 1)
-        elif method == "POST":
+        elif method == "POST" or body and method != "GET":
             easy.setopt(pycurl.POST, 1)
+            if method != "POST":  # PUT, PATCH, DELETE with a body (OGC API): sent as a POST's is
+                easy.setopt(pycurl.CUSTOMREQUEST, method)
             if isinstance(body, (bytes, bytearray)):
                 easy.setopt(pycurl.POSTFIELDSIZE_LARGE, len(body))
                 easy.setopt(pycurl.POSTFIELDS, bytes(body))

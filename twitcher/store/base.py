@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import abc
 from datetime import datetime
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
+from ..jobs import JobRecord
 from ..services import Service
 from ..tokens import AccessToken
 
@@ -102,8 +103,26 @@ class ServiceStore(abc.ABC):
         """Remove every service; return how many there were."""
 
 
-class Store(TokenStore, RevocationStore, ServiceStore):
-    """One backend holds both tokens and services, over one connection per process."""
+class JobStore(abc.ABC):
+    """Owners of jobs relayed by Twitcher (:mod:`twitcher.jobs`), unique by service and job id."""
+
+    @abc.abstractmethod
+    def save_job(self, job: JobRecord) -> bool:
+        """Store a job record; False (and nothing changed) when the service's job id is recorded
+        already and has not expired: a job never changes owner."""
+
+    @abc.abstractmethod
+    def fetch_jobs(self, service: str, job_ids: Sequence[str]) -> Dict[str, JobRecord]:
+        """The unexpired records among ``job_ids`` of ``service``, by job id; expiry is judged
+        at read time, as for tokens."""
+
+    @abc.abstractmethod
+    def purge_expired_jobs(self) -> int:
+        """Delete expired job records; housekeeping only."""
+
+
+class Store(TokenStore, RevocationStore, ServiceStore, JobStore):
+    """One backend holds tokens, services and job owners, over one connection per process."""
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 from urllib.parse import parse_qsl
 
 import pymongo
@@ -14,6 +14,7 @@ from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from ..exceptions import InvalidArgument, ServiceExists, StoreUnavailable
+from ..jobs import JobRecord
 from ..services import Service, service_from_record
 from ..tokens import AccessToken, utcnow
 from .base import EXPIRED_GRACE_SECONDS, Store
@@ -113,6 +114,11 @@ class MongoStore(Store):
         revocations.create_index("expires_at", expireAfterSeconds=EXPIRED_GRACE_SECONDS, name="expires_at_ttl")
         services.create_index("name", unique=True, name="name_unique")
         services.create_index("url", name="url")
+        jobs = db["jobs"]
+        jobs.create_index([("service", pymongo.ASCENDING), ("job_id", pymongo.ASCENDING)], unique=True,
+                          name="service_job_unique")
+        # MongoDB deletes expired job records itself; validity is judged at read time all the same.
+        jobs.create_index("expires_at", expireAfterSeconds=0, name="expires_at_ttl")
 
     @contextlib.contextmanager
     def _collection(self, name: str) -> Iterator[Collection]:
@@ -132,7 +138,7 @@ class MongoStore(Store):
 
     def save_token(self, token: AccessToken) -> None:
         document = {"digest": token.digest, "expires_at": token.expires_at,
-                    "environ": dict(token.environ), "revoked": token.revoked}
+                    "environ": dict(token.environ), "revoked": token.revoked, "subject": token.subject}
         try:
             with self._collection("tokens") as tokens:
                 tokens.insert_one(document)
@@ -145,7 +151,8 @@ class MongoStore(Store):
         if document is None:
             return None
         return AccessToken(digest=digest, expires_at=_aware(document["expires_at"]),
-                           environ=dict(document.get("environ") or {}), revoked=bool(document.get("revoked")))
+                           environ=dict(document.get("environ") or {}), revoked=bool(document.get("revoked")),
+                           subject=document.get("subject"))
 
     def revoke_token(self, digest: str) -> bool:
         with self._collection("tokens") as tokens:
@@ -240,6 +247,31 @@ class MongoStore(Store):
     def clear_services(self) -> int:
         with self._collection("services") as services:
             return services.delete_many({}).deleted_count
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def save_job(self, job: JobRecord) -> bool:
+        document = {"service": job.service, "job_id": job.job_id, "owner": job.owner, "expires_at": job.expires_at}
+        with self._collection("jobs") as jobs:
+            # An expired record of the same id gives way; an unexpired one is kept (one owner).
+            jobs.delete_one({"service": job.service, "job_id": job.job_id, "expires_at": {"$lte": utcnow()}})
+            try:
+                jobs.insert_one(document)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    def fetch_jobs(self, service: str, job_ids: Sequence[str]) -> Dict[str, JobRecord]:
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return {}
+        with self._collection("jobs") as jobs:
+            documents = list(jobs.find({"service": service, "job_id": {"$in": ids}, "expires_at": {"$gt": utcnow()}}))
+        return {d["job_id"]: JobRecord(service, d["job_id"], d["owner"], _aware(d["expires_at"])) for d in documents}
+
+    def purge_expired_jobs(self) -> int:
+        with self._collection("jobs") as jobs:
+            return jobs.delete_many({"expires_at": {"$lte": utcnow()}}).deleted_count
 
     # -- housekeeping -------------------------------------------------------------------
 

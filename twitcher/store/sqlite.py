@@ -14,15 +14,18 @@ import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from ..exceptions import InvalidArgument, ServiceExists, StoreUnavailable
+from ..jobs import JobRecord
 from ..services import Service, service_from_record
 from ..tokens import AccessToken, utcnow
 from .base import EXPIRED_GRACE_SECONDS, Store
 
 log = logging.getLogger(__name__)
 
+#: Job ids looked up in one query (a /jobs page; SQLite allows 999 parameters).
+_MAX_IDS = 500
 #: How long a writer waits for another process' lock before the store counts as unavailable.
 BUSY_TIMEOUT_SECONDS = 5.0
 
@@ -46,6 +49,14 @@ CREATE TABLE IF NOT EXISTS revocation_ids (
     revoked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS revocation_ids_revoked ON revocation_ids (revoked, expires_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    service TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (service, job_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_expires_at ON jobs (expires_at);
 """
 
 
@@ -80,6 +91,9 @@ class SQLiteStore(Store):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            columns = [row[1] for row in conn.execute("PRAGMA table_info(tokens)")]
+            if "subject" not in columns:  # a file of 0.5.0 before subjects: add the column
+                conn.execute("ALTER TABLE tokens ADD COLUMN subject TEXT")
         except sqlite3.Error:
             conn.close()
             raise
@@ -108,22 +122,22 @@ class SQLiteStore(Store):
         now = _epoch(utcnow())
         try:
             with self._db() as db:
-                db.execute("INSERT INTO tokens (digest, expires_at, environ, revoked) VALUES (?, ?, ?, ?)",
+                db.execute("INSERT INTO tokens (digest, expires_at, environ, revoked, subject) VALUES (?, ?, ?, ?, ?)",
                            (token.digest, _epoch(token.expires_at), json.dumps(dict(token.environ)),
-                            int(token.revoked)))
+                            int(token.revoked), token.subject))
                 db.execute("DELETE FROM tokens WHERE expires_at < ?", (now - EXPIRED_GRACE_SECONDS,))
         except sqlite3.IntegrityError:
             raise InvalidArgument("a token with this digest is stored already") from None
 
     def fetch_token(self, digest: str) -> Optional[AccessToken]:
         with self._db() as db:
-            row = db.execute("SELECT expires_at, environ, revoked FROM tokens WHERE digest = ?",
+            row = db.execute("SELECT expires_at, environ, revoked, subject FROM tokens WHERE digest = ?",
                              (digest,)).fetchone()
         if row is None:
             return None
         return AccessToken(digest=digest,
                            expires_at=datetime.fromtimestamp(row[0], timezone.utc),
-                           environ=json.loads(row[1]), revoked=bool(row[2]))
+                           environ=json.loads(row[1]), revoked=bool(row[2]), subject=row[3])
 
     def revoke_token(self, digest: str) -> bool:
         with self._db() as db:
@@ -219,6 +233,34 @@ class SQLiteStore(Store):
     def clear_services(self) -> int:
         with self._db() as db:
             cursor = db.execute("DELETE FROM services")
+        return cursor.rowcount
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def save_job(self, job: JobRecord) -> bool:
+        now = _epoch(utcnow())
+        with self._db() as db:
+            # An expired record of the same id gives way; an unexpired one is kept (one owner).
+            db.execute("DELETE FROM jobs WHERE service = ? AND job_id = ? AND expires_at <= ?",
+                       (job.service, job.job_id, now))
+            cursor = db.execute("INSERT OR IGNORE INTO jobs (service, job_id, owner, expires_at) VALUES (?, ?, ?, ?)",
+                                (job.service, job.job_id, job.owner, _epoch(job.expires_at)))
+        return cursor.rowcount > 0
+
+    def fetch_jobs(self, service: str, job_ids: Sequence[str]) -> Dict[str, JobRecord]:
+        ids = list(dict.fromkeys(job_ids))[:_MAX_IDS]
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        with self._db() as db:
+            rows = db.execute(f"SELECT job_id, owner, expires_at FROM jobs WHERE service = ? AND expires_at > ? "  # noqa: S608 - placeholders only
+                              f"AND job_id IN ({marks})", (service, _epoch(utcnow()), *ids)).fetchall()
+        return {row[0]: JobRecord(service, row[0], row[1], datetime.fromtimestamp(row[2], timezone.utc))
+                for row in rows}
+
+    def purge_expired_jobs(self) -> int:
+        with self._db() as db:
+            cursor = db.execute("DELETE FROM jobs WHERE expires_at <= ?", (_epoch(utcnow()),))
         return cursor.rowcount
 
     # -- housekeeping -------------------------------------------------------------------
