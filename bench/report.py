@@ -7,6 +7,10 @@ from bench.scenarios import SCENARIOS
 
 #: Token-check cost counts as "the same" when the median at the largest store is within this factor.
 TOKEN_COST_TOLERANCE = 1.5
+#: The least share of the direct backend's MB/s a download through Twitcher keeps.
+DOWNLOAD_TARGET = 0.6
+#: Twitcher with metrics and access log on keeps at least this share of its rate with both off.
+OPS_TARGET = 0.95
 
 
 def verdict(ok: Optional[bool]) -> str:
@@ -24,12 +28,21 @@ def evaluate(results: dict) -> List[dict]:
     dl = results["download"]
     if "twitcher_mb_s" in dl:
         ratio = dl["ratio"]
-        checks.append({"target": f"{dl['size_mb']} MB download: ratio >= 0.5", "value": ratio,
-                       "ok": ratio >= 0.5 and dl["twitcher_sha256_ok"]})
+        checks.append({"target": f"{dl['size_mb']} MB download: ratio >= {DOWNLOAD_TARGET}", "value": ratio,
+                       "ok": ratio >= DOWNLOAD_TARGET and dl["twitcher_sha256_ok"]})
         checks.append({"target": "download: Twitcher worker peak RSS growth <= 32 MB",
                        "value": dl["twitcher_peak_rss_growth_mb"], "ok": dl["twitcher_peak_rss_growth_mb"] <= 32})
     else:
-        checks.append({"target": f"{dl['size_mb']} MB download: ratio >= 0.5", "value": None, "ok": None})
+        checks.append({"target": f"{dl['size_mb']} MB download: ratio >= {DOWNLOAD_TARGET}", "value": None,
+                       "ok": None})
+    for scenario in SCENARIOS:
+        ratio = results["requests"].get(scenario.key, {}).get("ops_ratio")
+        if ratio is not None:
+            checks.append({"target": f"{scenario.label}, metrics + access log on / off >= {OPS_TARGET}",
+                           "value": ratio, "ok": ratio >= OPS_TARGET})
+    if dl.get("ops_ratio") is not None:
+        checks.append({"target": f"download, metrics + access log on / off >= {OPS_TARGET}",
+                       "value": dl["ops_ratio"], "ok": dl["ops_ratio"] >= OPS_TARGET and dl["twitcher_ops_sha256_ok"]})
     tokens = results["tokens"]
     if len(tokens) >= 2:
         ratio = tokens[-1]["median_us"] / tokens[0]["median_us"]
@@ -62,6 +75,16 @@ def markdown(results: dict) -> str:
         lines.append(f"| {scenario.label} | {direct['rps']:.0f} | {proxied['rps']:.0f} | "
                      f"{rows['ratio']:.2f} | {lat(direct)} | {lat(proxied)} | {cpu} |" if proxied else
                      f"| {scenario.label} | {direct['rps']:.0f} | - | - | {lat(direct)} | - | {cpu} |")
+    if any("twitcher_ops" in results["requests"][s.key] for s in SCENARIOS):
+        lines += ["", "| request | Twitcher req/s | with metrics + access log req/s | on / off | p50 / p90 / p99 ms on "
+                  "| CPU ms/req on |", "|---|---:|---:|---:|---:|---:|"]
+        for scenario in SCENARIOS:
+            rows = results["requests"][scenario.key]
+            if "twitcher_ops" in rows and "twitcher" in rows:
+                ops = rows["twitcher_ops"]
+                lines.append(f"| {scenario.label} | {rows['twitcher']['rps']:.0f} | {ops['rps']:.0f} | "
+                             f"{rows['ops_ratio']:.2f} | {lat(ops)} | "
+                             f"{ops['cpu_ms_per_request']['twitcher_ops']:.2f} |")
     dl = results["download"]
     lines += ["", "| download | direct MB/s | Twitcher MB/s | ratio | Twitcher worker peak RSS growth "
               "| Twitcher CPU ms per 100 MB | sha256 |", "|---|---:|---:|---:|---:|---:|---|"]
@@ -71,6 +94,11 @@ def markdown(results: dict) -> str:
                      f"{dl['twitcher_cpu_ms_per_100mb']:.0f} | {'ok' if dl['twitcher_sha256_ok'] else 'WRONG'} |")
     else:
         lines.append(f"| {dl['size_mb']} MB | {dl['direct_mb_s']:.0f} | - | - | - | - | - |")
+    if "twitcher_ops_mb_s" in dl:
+        lines.append(f"| {dl['size_mb']} MB, metrics + access log on | {dl['direct_mb_s']:.0f} | "
+                     f"{dl['twitcher_ops_mb_s']:.0f} | {dl['twitcher_ops_mb_s'] / dl['direct_mb_s']:.2f} | "
+                     f"{dl['twitcher_ops_peak_rss_growth_mb']:.1f} MB | {dl['twitcher_ops_cpu_ms_per_100mb']:.0f} | "
+                     f"{'ok' if dl['twitcher_ops_sha256_ok'] else 'WRONG'} |")
     lines += ["", "| tokens in the store | fill s | fetch_token + check_token median µs | p99 µs |",
               "|---:|---:|---:|---:|"]
     for row in results["tokens"]:

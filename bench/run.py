@@ -1,8 +1,8 @@
-"""The proxy benchmark (``make bench``): the fake backend and Twitcher under gunicorn, wrk, a table.
+"""The proxy benchmark (``make bench``): the fake backend, Twitcher as operators run it, wrk, a table.
 
-Everything runs on 127.0.0.1. The fake backend (:mod:`bench.backend`) and Twitcher are served the
-way production serves them (gunicorn, 2 workers with threads, Twitcher from an ini derived from
-``production.ini``); the direct and proxied targets are measured in the same run, interleaved,
+Everything runs on 127.0.0.1. The fake backend (:mod:`bench.backend`, gunicorn) and Twitcher served
+as production serves it (``pserve production.ini``, as shipped), twice: with metrics and access
+log off, and on. The direct and proxied targets are measured in the same run, interleaved,
 several rounds, and medians are reported. Results go to ``bench/results/latest.json``
 and ``latest.md``. All child processes are stopped on exit, also on Ctrl-C.
 """
@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import secrets
 import shutil
 import signal
 import statistics
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the repository, on the path
@@ -33,8 +34,19 @@ from bench.load import RssWatch, cpu_seconds, download, median_result, run_wrk  
 from bench.profile import profile_markdown, profile_twitcher  # noqa: E402
 from bench.report import evaluate, markdown, rst_tables  # noqa: E402
 from bench.scenarios import POST_EXECUTE, SCENARIOS, SERVICE_NAME, Targets, probe, request_for  # noqa: E402
-from bench.servers import ROOT, Server, clean_env, listening_socket, twitcher_ini  # noqa: E402
+from bench.servers import (  # noqa: E402
+    ROOT,
+    Server,
+    clean_env,
+    free_port,
+    gunicorn_command,
+    listening_socket,
+    pserve_command,
+    twitcher_ini,
+    uwsgi_command,
+)
 from bench.tokens import token_check_cost  # noqa: E402
+from twitcher.ops.runner import default_workers  # noqa: E402
 from twitcher.services import service_from_registration  # noqa: E402
 from twitcher.store import open_store  # noqa: E402
 from twitcher.tokens import new_token  # noqa: E402
@@ -45,19 +57,27 @@ RESULTS_DIR = ROOT / "bench" / "results"
 WRK_INSTALL_HINT = "wrk is not installed: `sudo apt-get install -y wrk` (Debian/Ubuntu), then run again."
 
 
-def measure_requests(targets: Targets, args: argparse.Namespace, with_proxy: bool,
+#: Twitcher with metrics and the access log on keeps at least this share of its rate with both off.
+OPS_TOLERANCE = 0.95
+
+
+def _orders(names: List[str], rnd: int) -> List[str]:
+    """The targets of round ``rnd`` in turn: each starts a round, so a slow moment hits all alike."""
+    shift = rnd % len(names)
+    return names[shift:] + names[:shift]
+
+
+def measure_requests(targets: Targets, args: argparse.Namespace, bases: Dict[str, str],
                      workers: Dict[str, List[int]]) -> Dict[str, dict]:
-    """wrk for every scenario on both targets, interleaved, ``args.rounds`` times (after a warm-up).
+    """wrk for every scenario on every target, interleaved, ``args.rounds`` times (after a warm-up).
 
     Also the CPU time each server's workers spent per request: on a small machine the proxy's CPU
     cost is what it takes away from the backend and the load generator.
     """
-    bases = {"direct": targets.direct, "twitcher": targets.proxy} if with_proxy else {"direct": targets.direct}
     runs: Dict[str, Dict[str, List[dict]]] = {s.key: {t: [] for t in bases} for s in SCENARIOS}
-    for rnd in range(-1, args.rounds):  # round -1 warms up both servers and is thrown away
+    for rnd in range(-1, args.rounds):  # round -1 warms up every server and is thrown away
         for scenario in SCENARIOS:
-            order = list(bases) if rnd % 2 == 0 else list(reversed(list(bases)))
-            for target in order:
+            for target in _orders(list(bases), rnd):
                 url, headers = request_for(scenario, targets, bases[target])
                 body = targets.body_file if scenario.method == "POST" else None
                 duration = 1 if rnd < 0 else args.duration
@@ -65,59 +85,64 @@ def measure_requests(targets: Targets, args: argparse.Namespace, with_proxy: boo
                 result = run_wrk(url, scenario.method, headers, body, duration, args.connections, args.threads)
                 result["cpu_ms_per_request"] = {
                     who: 1000 * (cpu_seconds(pids) - cpu_before[who]) / max(result["requests"], 1)
-                    for who, pids in workers.items() if who == "backend" or target == "twitcher"}
+                    for who, pids in workers.items() if who in ("backend", target)}
                 if rnd >= 0:
                     runs[scenario.key][target].append(result)
-                    print(f"  round {rnd + 1} {scenario.key:13s} {target:9s} {result['rps']:9.0f} req/s", flush=True)
+                    print(f"  round {rnd + 1} {scenario.key:13s} {target:12s} {result['rps']:9.0f} req/s", flush=True)
     results = {key: {t: median_result(r) for t, r in per_target.items()} for key, per_target in runs.items()}
-    if with_proxy:
-        for key, per_target in runs.items():
-            # Each round pairs two runs made seconds apart: the median of their ratios is less
-            # shaken by a busy machine than the ratio of two medians.
-            ratios = [t["rps"] / d["rps"] for d, t in zip(per_target["direct"], per_target["twitcher"])]
-            results[key]["ratio"] = statistics.median(ratios)
-            results[key]["ratio_rounds"] = [round(r, 3) for r in ratios]
+    for key, per_target in runs.items():
+        # Each round pairs runs made seconds apart: the median of their ratios is less shaken by
+        # a busy machine than the ratio of two medians.
+        for name, (top, bottom) in (("ratio", ("twitcher", "direct")), ("ops_ratio", ("twitcher_ops", "twitcher"))):
+            if top in per_target and bottom in per_target:
+                ratios = [t["rps"] / d["rps"] for d, t in zip(per_target[bottom], per_target[top])]
+                results[key][name] = statistics.median(ratios)
+                results[key][f"{name}_rounds"] = [round(r, 3) for r in ratios]
     return results
 
 
-def measure_download(targets: Targets, args: argparse.Namespace, twitcher_workers: Optional[List[int]]) -> dict:
+def measure_download(targets: Targets, args: argparse.Namespace, bases: Dict[str, str],
+                     workers: Dict[str, List[int]]) -> dict:
     """MB/s for the large file direct and through Twitcher, the workers' peak RSS growth, the sha256."""
     size = args.download_mb
     path = f"/outputs/{size}mb.bin"
-    bases = {t: url for t, url in targets.files.items() if t == "direct" or twitcher_workers}
+    proxies = [t for t in bases if t != "direct"]
     expected = expected_sha256(size)
     result: Dict[str, object] = {"size_mb": size, "sha256_expected": expected}
-    watch = RssWatch(twitcher_workers or [])
+    watches = {t: RssWatch(workers[t]) for t in proxies}
     speeds: Dict[str, List[float]] = {t: [] for t in bases}
-    cpu_ms: List[float] = []  # Twitcher worker CPU per 100 MB delivered
+    cpu_ms: Dict[str, List[float]] = {t: [] for t in proxies}  # worker CPU per 100 MB delivered
+
+    def url_of(target: str) -> str:
+        return targets.file_base(target) + path + ("" if target == "direct" else f"?access_token={targets.token}")
+
     for rnd in range(args.rounds):
-        order = list(bases) if rnd % 2 == 0 else list(reversed(list(bases)))
-        for target in order:
-            url = bases[target] + path + (f"?access_token={targets.token}" if target == "twitcher" else "")
-            cm = watch.watch() if target == "twitcher" else contextlib.nullcontext()
-            cpu_before = cpu_seconds(twitcher_workers) if target == "twitcher" else 0.0
+        for target in _orders(list(bases), rnd):
+            proxied = target != "direct"
+            cm = watches[target].watch() if proxied else contextlib.nullcontext()
+            cpu_before = cpu_seconds(workers[target]) if proxied else 0.0
             with cm:
-                seconds, nbytes, _ = download(url, verify=False)
-            if target == "twitcher":
-                cpu_ms.append(1000 * (cpu_seconds(twitcher_workers) - cpu_before) / (nbytes / 1e8))
+                seconds, nbytes, _ = download(url_of(target), verify=False)
+            if proxied:
+                cpu_ms[target].append(1000 * (cpu_seconds(workers[target]) - cpu_before) / (nbytes / 1e8))
             if nbytes != size * 1024 * 1024:
                 raise RuntimeError(f"{target} download delivered {nbytes} bytes instead of {size} MB")
             speeds[target].append(nbytes / 1e6 / seconds)
-            print(f"  round {rnd + 1} download      {target:9s} {speeds[target][-1]:9.0f} MB/s", flush=True)
-    for target, base in bases.items():
-        url = base + path + (f"?access_token={targets.token}" if target == "twitcher" else "")
-        _, _, digest = download(url, verify=True)
+            print(f"  round {rnd + 1} download      {target:12s} {speeds[target][-1]:9.0f} MB/s", flush=True)
+    for target in bases:
+        _, _, digest = download(url_of(target), verify=True)
         result[f"{target}_sha256_ok"] = digest == expected
         result[f"{target}_mb_s"] = round(statistics.median(speeds[target]), 1)
         result[f"{target}_rounds_mb_s"] = [round(s, 1) for s in speeds[target]]
-    if "twitcher" in speeds:
-        result["ratio"] = statistics.median(t / d for d, t in zip(speeds["direct"], speeds["twitcher"]))
-    if twitcher_workers:
-        result["twitcher_cpu_ms_per_100mb"] = round(statistics.median(cpu_ms), 1)
-        result["twitcher_peak_rss_growth_mb"] = round(watch.growth_kib / 1024, 1)
-        result["twitcher_peak_rss_mb"] = round(watch.peak_kib / 1024, 1)
-        result["rss_samples"] = watch.samples
-        result["rss_kernel_peak_used"] = watch.kernel_peak
+    for name, (top, bottom) in (("ratio", ("twitcher", "direct")), ("ops_ratio", ("twitcher_ops", "twitcher"))):
+        if top in speeds and bottom in speeds:
+            result[name] = statistics.median(t / d for d, t in zip(speeds[bottom], speeds[top]))
+    for target in proxies:
+        result[f"{target}_cpu_ms_per_100mb"] = round(statistics.median(cpu_ms[target]), 1)
+        result[f"{target}_peak_rss_growth_mb"] = round(watches[target].growth_kib / 1024, 1)
+        result[f"{target}_peak_rss_mb"] = round(watches[target].peak_kib / 1024, 1)
+        result[f"{target}_rss_samples"] = watches[target].samples
+        result["rss_kernel_peak_used"] = watches[target].kernel_peak
     return result
 
 
@@ -126,6 +151,36 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "wrk": wrk_version.strip()}
+
+
+def start_twitcher(name: str, args: argparse.Namespace, workdir: Path, env: Dict[str, str], db_url: str,
+                   extra_env: Dict[str, str]) -> Tuple[Server, int]:
+    """Start Twitcher as ``args.twitcher_server`` says; the server and how many workers it runs.
+
+    ``pserve``: ``production.ini`` as shipped, only what the environment may override changed
+    (port, public URL, store, password); the rest (uWSGI, gunicorn) from an ini derived from it.
+    """
+    env = {**env, "TWITCHER_DB_URL": db_url, "TWITCHER_PASSWORD": secrets.token_urlsafe(16),
+           "TWITCHER_WPS": "false", **extra_env}
+    if args.twitcher_server == "pserve":
+        port = free_port()
+        env.update(TWITCHER_LISTEN=f"127.0.0.1:{port}", TWITCHER_URL=f"http://127.0.0.1:{port}")
+        server = Server(name, pserve_command(ROOT / "production.ini"), workdir, env, port=port,
+                        worker_marker="spawn_main")
+        return server, default_workers()
+    sock = listening_socket()
+    ini = twitcher_ini(workdir / name, sock.getsockname()[1], db_url)
+    env["TWITCHER_INI"] = str(ini)
+    n = args.twitcher_workers or args.workers
+    if args.twitcher_server == "uwsgi":
+        command = uwsgi_command(sock.fileno()) + [
+            "--paste", f"config:{ini}", "--paste-logger", "--processes", str(n),
+            "--threads", str(args.twitcher_threads)]
+    else:
+        command = gunicorn_command(sock.fileno()) + [
+            "--workers", str(n), "--worker-class", args.twitcher_worker_class, "--threads", str(args.twitcher_threads),
+            "twitcher.wsgi:application"]
+    return Server(name, command, workdir, env, sock=sock), n
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -140,9 +195,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--token-lookups", type=int, default=20000, help="timed lookups per store size")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of each server (default 2)")
     parser.add_argument("--twitcher-workers", type=int, default=0,
-                        help="worker processes of Twitcher (default: as --workers)")
-    parser.add_argument("--twitcher-server", choices=("gunicorn", "uwsgi"), default="uwsgi",
-                        help="the server of Twitcher (default uwsgi, from the uwsgi extra; or gunicorn)")
+                        help="worker processes of Twitcher under uWSGI or gunicorn (default: as --workers)")
+    parser.add_argument("--twitcher-server", choices=("pserve", "uwsgi", "gunicorn"), default="pserve",
+                        help="the server of Twitcher: pserve production.ini as shipped (default), or uWSGI "
+                             "(the uwsgi extra) or gunicorn with --twitcher-workers and --twitcher-threads")
+    parser.add_argument("--no-ops", action="store_true",
+                        help="skip the second Twitcher with metrics and the access log on")
     parser.add_argument("--twitcher-worker-class", default="gthread",
                         help="gunicorn worker class of Twitcher: gthread (default) or sync; not gevent, which "
                              "libcurl's blocking exchange would stall")
@@ -170,9 +228,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         env = clean_env()
 
-        backend = Server("backend", ["--workers", str(args.workers), "--worker-class", "gthread",
-                                     "--threads", str(args.backend_threads), "--pythonpath", str(ROOT),
-                                     "bench.backend:app"], listening_socket(), workdir, env)
+        sock = listening_socket()
+        backend = Server("backend", gunicorn_command(sock.fileno()) + [
+            "--workers", str(args.workers), "--worker-class", "gthread", "--threads", str(args.backend_threads),
+            "--pythonpath", str(ROOT), "bench.backend:app"], workdir, env, sock=sock)
         stack.callback(backend.stop)
         db_path = workdir / "twitcher.sqlite"
         db_url = f"sqlite:///{db_path}"
@@ -183,46 +242,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         store.save_token(record)
         store.close()
 
-        tw_sock = listening_socket()
-        ini = twitcher_ini(workdir, tw_sock.getsockname()[1], db_url)
-        tw_workers = args.twitcher_workers or args.workers
-        if args.twitcher_server == "uwsgi":
-            tw_args = ["--paste", f"config:{ini}", "--paste-logger", "--processes", str(tw_workers),
-                       "--threads", str(args.twitcher_threads)]
-        else:
-            tw_args = ["--workers", str(tw_workers), "--worker-class", args.twitcher_worker_class,
-                       "--threads", str(args.twitcher_threads), "twitcher.wsgi:application"]
-        twitcher = Server("twitcher", tw_args, tw_sock, workdir, {**env, "TWITCHER_INI": str(ini)},
-                          kind=args.twitcher_server)
-        stack.callback(twitcher.stop)
         body_file = workdir / "execute.xml"
         body_file.write_bytes(POST_EXECUTE)
-        targets = Targets(direct=direct, proxy=f"{twitcher.base_url}/ows/proxy/{SERVICE_NAME}", token=token,
-                          body_file=body_file)
+        servers = {"twitcher": start_twitcher("twitcher", args, workdir, env, db_url, {})}
+        if not args.no_ops:
+            # The same server with metrics and the access log on (written to its log file).
+            servers["twitcher_ops"] = start_twitcher("twitcher_ops", args, workdir, env, db_url,
+                                                     {"TWITCHER_METRICS": "true", "TWITCHER_ACCESS_LOG": "true"})
+        for server, _ in servers.values():
+            stack.callback(server.stop)
+        proxy_of = {name: f"{server.base_url}/ows/proxy/{SERVICE_NAME}" for name, (server, _) in servers.items()}
+        targets = Targets(direct=direct, proxy=proxy_of["twitcher"], token=token, body_file=body_file,
+                          ops_proxy=proxy_of.get("twitcher_ops"))
         backend.wait_until_serving()
-        twitcher.wait_until_serving()
-        twitcher_workers = twitcher.workers(tw_workers)
-        print(f"backend {backend.base_url} (pid {backend.proc.pid}), Twitcher {twitcher.base_url} "
-              f"(pid {twitcher.proc.pid}, workers {twitcher_workers}); logs in {workdir}", flush=True)
+        workers = {"backend": backend.workers(args.workers)}
+        for name, (server, expected) in servers.items():
+            server.wait_until_serving()
+            workers[name] = server.workers(expected)
+            print(f"{name} {server.base_url} (pid {server.proc.pid}, workers {workers[name]})", flush=True)
+        print(f"backend {backend.base_url} (pid {backend.proc.pid}); logs in {workdir}", flush=True)
 
         problems = [p for s in SCENARIOS if (p := probe(s, targets, targets.direct, s.direct_status))]
         if problems:
             raise RuntimeError("the fake backend misbehaves: " + "; ".join(problems))
-        proxy_problems = [p for s in SCENARIOS if (p := probe(s, targets, targets.proxy, s.proxy_status))]
-        with_proxy = not proxy_problems
-        if proxy_problems:
-            print("Twitcher is not ready, measuring the backend only: " + "; ".join(proxy_problems), flush=True)
-        results["proxy_problems"] = proxy_problems
+        bases = {"direct": targets.direct}
+        results["proxy_problems"] = []
+        for name in servers:
+            proxy_problems = [p for s in SCENARIOS if (p := probe(s, targets, targets.bases[name], s.proxy_status))]
+            if proxy_problems:
+                print(f"{name} is not ready, not measured: " + "; ".join(proxy_problems), flush=True)
+                results["proxy_problems"] += proxy_problems
+            else:
+                bases[name] = targets.bases[name]
 
         print("requests (wrk):", flush=True)
-        workers = {"backend": backend.workers(args.workers), "twitcher": twitcher_workers}
-        results["requests"] = measure_requests(targets, args, with_proxy, workers)
+        results["requests"] = measure_requests(targets, args, bases, workers)
         print(f"download ({args.download_mb} MB):", flush=True)
-        results["download"] = measure_download(targets, args, twitcher_workers if with_proxy else None)
-        if args.profile and with_proxy:
+        results["download"] = measure_download(targets, args, bases, workers)
+        if args.profile and "twitcher" in bases:
             print(f"profile ({args.profile} s per request type, py-spy):", flush=True)
             args.out.mkdir(parents=True, exist_ok=True)
-            results["profile"] = profile_twitcher(targets, args, twitcher_workers, args.out)
+            results["profile"] = profile_twitcher(targets, args, workers["twitcher"], args.out)
     print("token check (in-process, SQLite):", flush=True)
     results["tokens"] = []
     with tempfile.TemporaryDirectory(prefix="twitcher-bench-tokens-") as tokdir:

@@ -38,9 +38,9 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("getcaps", "GetCapabilities (public, rewritten)", "GET", GET_CAPABILITIES, "", 200, 200, 0.25),
-    Scenario("execute_get", "GET Execute, token in query", "GET", GET_EXECUTE, "query", 200, 200, 0.25),
-    Scenario("execute_post", "POST Execute, Bearer token", "POST", "", "header", 200, 200, 0.25),
+    Scenario("getcaps", "GetCapabilities (public, rewritten)", "GET", GET_CAPABILITIES, "", 200, 200, 0.4),
+    Scenario("execute_get", "GET Execute, token in query", "GET", GET_EXECUTE, "query", 200, 200, 0.4),
+    Scenario("execute_post", "POST Execute, Bearer token", "POST", "", "header", 200, 200, 0.4),
     # The direct baseline of a rejection is the same request answered by the unprotected backend.
     Scenario("rejected", "GET Execute without token (401)", "GET", GET_EXECUTE, "", 200, 401, 0.3),
 )
@@ -53,11 +53,20 @@ class Targets:
     proxy: str  # the same service through Twitcher
     token: str
     body_file: Path
+    #: The same service through a second Twitcher with metrics and the access log on, if any.
+    ops_proxy: Optional[str] = None
 
     @property
-    def files(self) -> Dict[str, str]:
-        """Where outputs are, per target: beside the endpoint, as the proxy resolves an extra path."""
-        return {"direct": self.direct.rsplit("/", 1)[0], "twitcher": self.proxy}
+    def bases(self) -> Dict[str, str]:
+        """Each target's OWS endpoint by name: direct, twitcher and (when started) twitcher_ops."""
+        bases = {"direct": self.direct, "twitcher": self.proxy}
+        if self.ops_proxy:
+            bases["twitcher_ops"] = self.ops_proxy
+        return bases
+
+    def file_base(self, target: str) -> str:
+        """Where outputs are: beside the endpoint directly, as an extra path through a proxy."""
+        return self.direct.rsplit("/", 1)[0] if target == "direct" else self.bases[target]
 
 
 def request_for(scenario: Scenario, targets: Targets, base: str) -> Tuple[str, List[str]]:

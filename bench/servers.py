@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import requests
 
@@ -30,41 +30,68 @@ def listening_socket() -> socket.socket:
     return sock
 
 
-def _server_command(kind: str, fd: int) -> List[str]:
-    """The start of the command line of a ``kind`` server listening on the inherited ``fd``."""
-    if kind == "uwsgi":
-        # --http11-socket: keep-alive, as wrk and gunicorn do it (--http-socket closes every connection).
-        return [str(Path(sys.executable).with_name("uwsgi")), "--http11-socket", f"fd://{fd}", "--http-auto-chunked",
-                "--master", "--need-app", "--die-on-term", "--lazy-apps", "--disable-logging"]
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, for a server that binds its own socket (pserve)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def gunicorn_command(fd: int) -> List[str]:
+    """The start of a gunicorn command line listening on the inherited ``fd``."""
     return [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}"]
 
 
-class Server:
-    """A gunicorn or uWSGI master in its own process group, so that stopping it stops its workers too.
+def uwsgi_command(fd: int) -> List[str]:
+    """The start of a uWSGI command line listening on the inherited ``fd`` (the uwsgi extra)."""
+    # --http11-socket: keep-alive, as wrk and gunicorn do it (--http-socket closes every connection).
+    return [str(Path(sys.executable).with_name("uwsgi")), "--http11-socket", f"fd://{fd}", "--http-auto-chunked",
+            "--master", "--need-app", "--die-on-term", "--lazy-apps", "--disable-logging"]
 
-    Both get the listening socket as an inherited file descriptor (``fd://N``), so no port race.
+
+def pserve_command(ini: Path) -> List[str]:
+    """``pserve <ini>``: the server of the ini's ``[server:main]`` (granian for production.ini)."""
+    return [str(Path(sys.executable).with_name("pserve")), str(ini)]
+
+
+class Server:
+    """A server's master process in its own process group, so that stopping it stops its workers too.
+
+    gunicorn and uWSGI get their listening socket as an inherited file descriptor (``sock``,
+    ``fd://N``: no port race); ``pserve`` binds the ``port`` its environment names.
     """
 
-    def __init__(self, name: str, args: Sequence[str], sock: socket.socket, logdir: Path, env: Dict[str, str],
-                 kind: str = "gunicorn"):
+    def __init__(self, name: str, command: Sequence[str], logdir: Path, env: Dict[str, str],
+                 sock: Optional[socket.socket] = None, port: int = 0, worker_marker: str = ""):
         self.name = name
-        self.port = sock.getsockname()[1]
+        self.port = sock.getsockname()[1] if sock is not None else port
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.logfile = logdir / f"{name}.log"
+        #: Text in a worker's command line that tells it from other children of the master
+        #: (granian's spawned workers beside multiprocessing's resource tracker).
+        self.worker_marker = worker_marker
+        fds = (sock.fileno(),) if sock is not None else ()
         with open(self.logfile, "wb") as out:
             self.proc = subprocess.Popen(
-                _server_command(kind, sock.fileno()) + list(args),
-                pass_fds=(sock.fileno(),), start_new_session=True, cwd=ROOT, env=env,
+                list(command), pass_fds=fds, start_new_session=True, cwd=ROOT, env=env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        sock.close()  # the child holds the listener now
+        if sock is not None:
+            sock.close()  # the child holds the listener now
 
     def wait_until_serving(self, timeout: float = START_TIMEOUT) -> None:
-        """Block until the app answers. The socket listens from the start, so one request simply
-        waits in the backlog until a worker has loaded the app: no polling needed."""
-        try:
-            requests.get(self.base_url + "/", timeout=timeout)
-        except requests.RequestException as exc:
-            raise RuntimeError(f"{self.name} did not answer ({exc}); see {self.logfile}") from None
+        """Block until the app answers: a request waits in the backlog of a socket that listens
+        already until a worker has loaded the app; a server that binds its own is polled."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                requests.get(self.base_url + "/", timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except requests.ConnectionError as exc:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} did not answer ({exc}); see {self.logfile}") from None
+                time.sleep(0.1)
+            except requests.RequestException as exc:
+                raise RuntimeError(f"{self.name} did not answer ({exc}); see {self.logfile}") from None
 
     def workers(self, expected: int, timeout: float = START_TIMEOUT) -> List[int]:
         """The worker pids (children of the master), once ``expected`` of them run."""
@@ -72,6 +99,8 @@ class Server:
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         while time.monotonic() < deadline:
             pids = [int(p) for p in path.read_text().split()] if path.exists() else []
+            if self.worker_marker:
+                pids = [p for p in pids if self.worker_marker in _cmdline(p)]
             if len(pids) >= expected:
                 return pids
             time.sleep(0.05)
@@ -90,6 +119,13 @@ class Server:
             self.proc.wait(timeout=10)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
 def clean_env() -> Dict[str, str]:
     """The environment for the servers, without TWITCHER_* overrides that would change the run."""
     return {k: v for k, v in os.environ.items() if not k.startswith("TWITCHER_")}
@@ -100,6 +136,7 @@ def twitcher_ini(workdir: Path, port: int, db_url: str) -> Path:
     parser = configparser.RawConfigParser()
     parser.read(ROOT / "production.ini")
     app = parser["app:main"]
+    workdir.mkdir(parents=True, exist_ok=True)
     app["twitcher.url"] = f"http://127.0.0.1:{port}"
     app["twitcher.db_url"] = db_url
     app["twitcher.wps"] = "false"

@@ -117,19 +117,22 @@ def test_fill_token_store_holds_the_asked_number_of_tokens_and_the_probes_are_va
 
 
 def test_evaluate_flags_each_target_from_the_measured_numbers():
-    def rows(direct, proxied):
-        return {"direct": {"rps": direct}, "twitcher": {"rps": proxied}, "ratio": proxied / direct}
+    def rows(direct, proxied, ops):
+        return {"direct": {"rps": direct}, "twitcher": {"rps": proxied}, "twitcher_ops": {"rps": ops},
+                "ratio": proxied / direct, "ops_ratio": ops / proxied}
 
     results = {
-        "requests": {"getcaps": rows(1000, 300), "execute_get": rows(1000, 200),
-                     "execute_post": rows(1000, 250), "rejected": rows(1000, 299)},
+        "requests": {"getcaps": rows(1000, 400, 390), "execute_get": rows(1000, 399, 399),
+                     "execute_post": rows(1000, 450, 420), "rejected": rows(1000, 299, 299)},
         "download": {"size_mb": 200, "direct_mb_s": 1000.0, "twitcher_mb_s": 600.0, "ratio": 0.6,
-                     "twitcher_sha256_ok": True,
-                     "twitcher_peak_rss_growth_mb": 40.0},
+                     "twitcher_sha256_ok": True, "twitcher_peak_rss_growth_mb": 40.0,
+                     "twitcher_ops_mb_s": 600.0, "ops_ratio": 1.0, "twitcher_ops_sha256_ok": False},
         "tokens": [{"size": 1000, "median_us": 20.0}, {"size": 10**6, "median_us": 25.0}],
     }
     verdicts = [c["ok"] for c in report.evaluate(results)]
-    assert verdicts == [True, False, True, False, True, False, True]
+    # Ratios to direct (4), download ratio and memory, metrics + log on / off (4, then the
+    # download, whose checksum is wrong), token cost.
+    assert verdicts == [True, False, True, False, True, False, True, True, False, True, False, True]
 
 
 def test_rss_watch_sees_a_process_grow(tmp_path):

@@ -12,6 +12,7 @@ def main(global_config, **settings):
         config.include(".status")
         features = config.registry.twitcher
         config.include(".owsexceptions")
+        config.include(".ops")  # metrics and access log, when on: after .store, whose store it times
         if features.ows_security:
             config.include(".tweens")
         if features.ows_proxy:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import zlib
 from itertools import chain
 from typing import IO, Iterable, Iterator, List, Optional, Tuple, Union
@@ -47,6 +48,7 @@ from .exceptions import (
     RequestTooLarge,
     UnknownService,
 )
+from .ops.record import UPSTREAM_KEY
 from .owsrewrite import charset_param, is_xml_media_type, map_url, rewrite_document
 from .services import Service
 from .settings import TwitcherSettings
@@ -418,8 +420,10 @@ def owsproxy_view(request: Request) -> Response:
     headers = forward_request_headers(environ_headers(request.environ), request.remote_addr, request.scheme,
                                       request.host)
     body = request_body(request, settings.max_request_body) if request.method == "POST" else None
+    timing = request.environ[UPSTREAM_KEY] = [time.perf_counter(), None]  # ops: twitcher/ops/record.py
     upstream = send(request.registry.upstream, request.method, url, headers, body,
                     service.verify, settings.proxy_timeout)
+    timing[1] = time.perf_counter()  # ops
     if log.isEnabledFor(logging.DEBUG):
         log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
     return proxy_response(upstream, request.method, url, service.url, public_proxy_url(service, settings),

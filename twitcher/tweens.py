@@ -24,6 +24,7 @@ from .exceptions import (
     RequestTooLarge,
     UnknownService,
 )
+from .ops.record import ALLOWED, DECISION_KEY, Decision
 from .owsexceptions import path_is_under
 from .owsrequest import (
     OWSRequest,
@@ -227,6 +228,7 @@ class OWSSecurity:
     def check(self, request, target: Target) -> None:
         """Raise unless ``request`` may reach its handler; clean its environ when it may."""
         store = request.registry.store
+        note = request.environ[DECISION_KEY] = Decision(target.service_name)  # ops: twitcher/ops/record.py
         path_token = None
         if target.extra and target.kind != OTHER:
             root = f"{self.prefix}/{PROXY}/{target.service_name}" if target.kind == PROXY else f"{self.prefix}/{WPS}"
@@ -255,6 +257,7 @@ class OWSSecurity:
 
         cert_ok = (service is not None and service.auth == "cert" and self.trust_cert_header
                    and environ.get("HTTP_X_SSL_CLIENT_VERIFY") == "SUCCESS")
+        note.observe(service_type, ows, token)  # ops
         strip_credentials(environ, self.trust_cert_header, bool(query_tokens))
         if public or cert_ok:
             return
@@ -289,6 +292,7 @@ def ows_security_tween_factory(handler, registry):
         if target is not None:
             try:
                 security.check(request, target)
+                request.environ[DECISION_KEY].outcome = ALLOWED  # ops
             except AccessDenied as exc:
                 # DEBUG, not INFO: every access log (nginx, gunicorn) has the 401 already, and
                 # a log record per refusal cost a sixth of the refusal's CPU and let any client
