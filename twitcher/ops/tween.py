@@ -61,7 +61,8 @@ class Entry:
     """One request being answered: what the metrics and the access log need when it is done."""
 
     __slots__ = ("wall", "started", "method", "service_name", "remote_addr", "forwarded_for", "decision",
-                 "outcome", "status", "bytes", "seconds", "upstream_seconds", "upstream_error")
+                 "outcome", "status", "bytes", "seconds", "upstream_seconds", "upstream_answered",
+                 "upstream_error")
 
     def __init__(self, environ: dict, service_name: Optional[str]) -> None:
         self.wall = time.time()
@@ -76,6 +77,8 @@ class Entry:
         self.bytes = 0
         self.seconds = 0.0
         self.upstream_seconds: Optional[float] = None
+        #: The backend's answer headers arrived (whatever its status).
+        self.upstream_answered = False
         self.upstream_error: Optional[str] = None
 
     def judge(self, request, status: int, exception: Optional[BaseException]) -> None:
@@ -86,7 +89,8 @@ class Entry:
         self.status = status
         upstream = environ.get(UPSTREAM_KEY)
         if upstream is not None:
-            end = upstream[1] if upstream[1] is not None else time.perf_counter()
+            self.upstream_answered = upstream[1] is not None
+            end = upstream[1] if self.upstream_answered else time.perf_counter()
             self.upstream_seconds = end - upstream[0]
         self.upstream_error = upstream_error(exception, upstream, status)
 
@@ -123,7 +127,7 @@ class Watcher:
         # One dict lookup instead of prometheus-client's labels() (a third of the cost of a
         # request's metrics); the label sets are bounded, so is this cache.
         key = (service_type, operation, entry.outcome, entry.status // 100, entry.bytes > 0,
-               entry.upstream_seconds is not None, entry.upstream_error)
+               entry.upstream_answered, entry.upstream_error)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = self._children_of(key)
@@ -132,10 +136,10 @@ class Watcher:
         seconds.observe(entry.seconds)
         if sent is not None:
             sent.inc(entry.bytes)
+        if upstream is not None:  # the time to the answer's headers, a 5xx answer's too
+            upstream.observe(entry.upstream_seconds)
         if error is not None:
             error.inc()
-        elif upstream is not None:
-            upstream.observe(entry.upstream_seconds)
 
     def _children_of(self, key: tuple) -> tuple:
         service_type, operation, outcome, status_class, sent, upstream, error = key
@@ -163,7 +167,7 @@ class CountedBody:
                 entry.bytes += len(chunk)
                 yield chunk
         except Exception:
-            if entry.upstream_seconds is not None and entry.upstream_error is None:
+            if entry.upstream_answered and entry.upstream_error is None:
                 entry.upstream_error = "broken"
             raise
 
