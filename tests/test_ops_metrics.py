@@ -178,6 +178,7 @@ def test_access_log_writes_one_json_line_per_request_without_the_token(ops_app, 
         ops_app.get(f"/ows/proxy/emu/{token}{EXECUTE}", status=200)  # the 0.3 form: the token in the path
         ops_app.get(f"/ows/proxy/emu{EXECUTE}", status=401)
         ops_app.get("/health")  # not under /ows: no line
+        ops_app.app.registry.ops_batch.flush()  # lines are written by a thread of their own
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == accesslog.LOGGER_NAME]
     assert len(lines) == 3
     first = lines[0]
@@ -202,6 +203,7 @@ def test_a_streamed_download_is_logged_when_it_ends_with_all_its_bytes(ops_app, 
     store.save_token(record)
     with caplog.at_level(logging.INFO, logger=accesslog.LOGGER_NAME):
         assert ops_app.get(f"/ows/proxy/emu/file.bin?access_token={token}").body == FILE
+        ops_app.app.registry.ops_batch.flush()
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == accesslog.LOGGER_NAME]
     assert line["bytes"] == len(FILE) and line["ows_request"] is None
 

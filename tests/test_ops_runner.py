@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from tests.servers import serve_wsgi
+from twitcher.ops.batch import FLUSH_INTERVAL
 from twitcher.ops.runner import default_workers
 from twitcher.services import service_from_registration
 from twitcher.store import open_store
@@ -225,6 +226,8 @@ def test_metrics_add_up_over_the_workers_and_the_access_log_has_a_line_each(tmp_
             assert requests.get(f"{base}/emu{EXECUTE}&access_token={token}", timeout=10).status_code == 200
         assert requests.get(f"{base}/nosuchservice{CAPABILITIES}", timeout=10).status_code == 404
 
+        # Each worker applies its queued observations every FLUSH_INTERVAL; the scraped one at once.
+        time.sleep(3 * FLUSH_INTERVAL)
         resp = requests.get(server.base_url + "/metrics", timeout=10)
         assert resp.status_code == 200
         text = resp.text

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Optional, Tuple
 from pyramid.response import Response
 
 from ..exceptions import ConfigurationError
+from .batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,12 @@ class Metrics:
             ("operation",), buckets=_STORE_BUCKETS, registry=registry)
         for kind in UPSTREAM_ERROR_KINDS:  # present at 0 from the start, so that rate() works at once
             self.upstream_errors.labels(kind)
+        self.batch = Batch()
 
     def exposition(self) -> Tuple[bytes, str]:
         """The Prometheus text of every worker (multi-process) or of this process, and its media type."""
         prom = self._prom
+        self.batch.flush()
         if self.multiproc_dir is None:
             return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
         from prometheus_client import multiprocess
@@ -145,7 +148,8 @@ class TimedStore:
             setattr(self, name, self._timed(name, getattr(store, name)))
 
     def _timed(self, name: str, method: Callable) -> Callable:
-        observe = self._metrics.store_seconds.labels(name).observe
+        histogram = self._metrics.store_seconds.labels(name)
+        observe = self._metrics.batch.observe
         issued, revoked = self._metrics.tokens_issued, self._metrics.tokens_revoked
 
         def timed(*args, **kwargs):
@@ -153,7 +157,7 @@ class TimedStore:
             try:
                 result = method(*args, **kwargs)
             finally:
-                observe(time.perf_counter() - started)
+                observe(histogram, time.perf_counter() - started)
             if name == "save_token":
                 issued.inc()
             elif name == "revoke_token" and result:

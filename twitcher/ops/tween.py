@@ -17,7 +17,7 @@ from pyramid.tweens import EXCVIEW
 from ..exceptions import AccessDenied, BadGateway, GatewayTimeout, OWSException
 from ..owsexceptions import path_is_under
 from ..upstream import UpstreamError
-from . import accesslog
+from .batch import Batch
 from .metrics import operation_class
 from .record import DECISION_KEY, DENIED, ERROR, INVALID, UNCHECKED, UPSTREAM_KEY, Decision
 
@@ -101,11 +101,12 @@ class Watcher:
     def __init__(self, metrics, access_log: bool) -> None:
         self.metrics = metrics
         self.access_log = access_log
+        self.batch = metrics.batch if metrics is not None else Batch()
         self._children: dict = {}
 
     def start(self) -> None:
         if self.metrics is not None:
-            self.metrics.in_flight.inc()
+            self.metrics.batch.count(self.metrics.in_flight, 1)
 
     def finish(self, entry: Entry) -> None:
         entry.seconds = time.perf_counter() - entry.started
@@ -113,13 +114,14 @@ class Watcher:
             if self.metrics is not None:
                 self._observe(entry)
             if self.access_log:
-                accesslog.write(entry)
+                self.batch.log(entry)
         except Exception:  # a report must never break an answer already given
             log.exception("could not record a finished request")
 
     def _observe(self, entry: Entry) -> None:
         metrics = self.metrics
-        metrics.in_flight.dec()
+        batch = metrics.batch
+        batch.count(metrics.in_flight, -1)
         decision = entry.decision
         service_type = (decision.service_type if decision else None) or "unknown"
         operation = operation_class(decision.ows_request if decision else None,
@@ -132,14 +134,14 @@ class Watcher:
         if children is None:
             children = self._children[key] = self._children_of(key)
         count, seconds, sent, upstream, error = children
-        count.inc()
-        seconds.observe(entry.seconds)
+        batch.count(count)
+        batch.observe(seconds, entry.seconds)
         if sent is not None:
-            sent.inc(entry.bytes)
+            batch.count(sent, entry.bytes)
         if upstream is not None:  # the time to the answer's headers, a 5xx answer's too
-            upstream.observe(entry.upstream_seconds)
+            batch.observe(upstream, entry.upstream_seconds)
         if error is not None:
-            error.inc()
+            batch.count(error)
 
     def _children_of(self, key: tuple) -> tuple:
         service_type, operation, outcome, status_class, sent, upstream, error = key
@@ -187,6 +189,7 @@ def ops_tween_factory(handler, registry):
     settings = registry.twitcher
     prefix = settings.protected_path
     watcher = Watcher(getattr(registry, "ops_metrics", None) if settings.metrics else None, settings.access_log)
+    registry.ops_batch = watcher.batch  # tests flush it to read the access log at once
 
     def ops_tween(request):
         path = request.path_info
