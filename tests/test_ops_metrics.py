@@ -240,3 +240,27 @@ def test_a_bad_listen_names_the_key(text):
 def test_bad_server_keys_stop_start_up_naming_the_key(options, key):
     with pytest.raises(ValueError, match=key):
         serve_granian(None, {"__file__": "production.ini"}, **options)
+
+
+def test_queued_observations_add_up_to_what_direct_ones_give():
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from twitcher.ops.batch import Batch
+
+    registry = CollectorRegistry()
+    direct = Histogram("direct_seconds", "d", buckets=(0.01, 0.1, 1), registry=registry)
+    queued = Histogram("queued_seconds", "q", buckets=(0.01, 0.1, 1), registry=registry)
+    count = Counter("queued_things", "c", registry=registry)
+    batch = Batch(interval=3600)  # flushed by hand below, never by its thread
+    amounts = [0.0, 0.005, 0.01, 0.011, 0.1, 0.5, 1.0, 1.5, 99.0, 0.05]
+    for amount in amounts:
+        direct.observe(amount)
+        batch.observe(queued, amount)
+        batch.count(count, 2)
+    assert registry.get_sample_value("queued_things_total") == 0
+    batch.flush()
+    buckets = [("_bucket", {"le": le}) for le in ("0.01", "0.1", "1.0", "+Inf")]
+    for suffix, labels in [("_count", {}), ("_sum", {})] + buckets:
+        assert registry.get_sample_value(f"queued_seconds{suffix}", labels) == pytest.approx(
+            registry.get_sample_value(f"direct_seconds{suffix}", labels)), (suffix, labels)
+    assert registry.get_sample_value("queued_things_total") == 20

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from . import accesslog
 
@@ -37,32 +37,40 @@ class Batch:
         self.interval = interval
         self.queue: deque = deque()
         self._lock = threading.Lock()  # one flush at a time
-        self._pid: Optional[int] = None
+        self._running = False
+        if hasattr(os, "register_at_fork"):
+            # A forked child has no flushing thread, and what the parent queued is the parent's.
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self.queue = deque()
+        self._lock = threading.Lock()
+        self._running = False
 
     def count(self, value, amount: float = 1) -> None:
         """Add ``amount`` to a counter or gauge child."""
         self.queue.append((value, amount, False))
-        if self._pid != os.getpid():
+        if not self._running:
             self._start()
 
     def observe(self, histogram, amount: float) -> None:
         """Observe ``amount`` in a histogram child."""
         self.queue.append((histogram, amount, True))
-        if self._pid != os.getpid():
+        if not self._running:
             self._start()
 
     def log(self, entry) -> None:
         """Write ``entry``'s access-log line (:func:`twitcher.ops.accesslog.write`)."""
         self.queue.append((entry, 0, None))
-        if self._pid != os.getpid():
+        if not self._running:
             self._start()
 
     def _start(self) -> None:
         """Start the flushing thread, once per process (again in a forked child)."""
         with self._lock:
-            if self._pid == os.getpid():
+            if self._running:
                 return
-            self._pid = os.getpid()
+            self._running = True
             threading.Thread(target=self._run, name="twitcher-ops", daemon=True).start()
             atexit.register(self.flush)
 
