@@ -5,7 +5,8 @@ keys of that section. Why granian: it is a Rust HTTP server shipped as wheels (n
 install, unlike uWSGI), it runs a WSGI application on real threads of its own in each worker
 process (Twitcher's libcurl exchanges block a thread while they wait: greenlets would stall),
 its master restarts a worker that died and stops workers gracefully on SIGTERM, and in ``make
-bench`` it kept as much of the backend's rate as uWSGI did (docs/benchmark.rst has the numbers).
+bench`` it kept about the same share of the backend's rate as uWSGI, at about a tenth more CPU
+per request (docs/benchmark.rst has the numbers).
 
 Each worker is a *spawned* process (a fresh interpreter, not a fork of ``pserve``) that builds
 the application from the ini file itself: nothing ``pserve`` created (libcurl handles, store
