@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 from . import accesslog
 
@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two applications of the queued observations to prometheus-client's values.
 FLUSH_INTERVAL = 0.5
+
+
+_COUNT, _OBSERVE, _CALL = "count", "observe", "call"
 
 
 class Batch:
@@ -36,7 +39,7 @@ class Batch:
     def __init__(self, interval: float = FLUSH_INTERVAL) -> None:
         self.interval = interval
         self.queue: deque = deque()
-        self._lock = threading.Lock()  # one flush at a time
+        self._lock = threading.RLock()  # one flush at a time; a flush may queue more (later())
         self._running = False
         if hasattr(os, "register_at_fork"):
             # A forked child has no flushing thread, and what the parent queued is the parent's.
@@ -44,26 +47,30 @@ class Batch:
 
     def _forget(self) -> None:
         self.queue = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._running = False
 
     def count(self, value, amount: float = 1) -> None:
         """Add ``amount`` to a counter or gauge child."""
-        self.queue.append((value, amount, False))
+        self.queue.append((_COUNT, value, amount))
         if not self._running:
             self._start()
 
     def observe(self, histogram, amount: float) -> None:
         """Observe ``amount`` in a histogram child."""
-        self.queue.append((histogram, amount, True))
+        self.queue.append((_OBSERVE, histogram, amount))
+        if not self._running:
+            self._start()
+
+    def later(self, function: Callable[[object], None], argument: object) -> None:
+        """Call ``function(argument)`` in the flushing thread (it may queue observations itself)."""
+        self.queue.append((_CALL, function, argument))
         if not self._running:
             self._start()
 
     def log(self, entry) -> None:
         """Write ``entry``'s access-log line (:func:`twitcher.ops.accesslog.write`)."""
-        self.queue.append((entry, 0, None))
-        if not self._running:
-            self._start()
+        self.later(accesslog.write, entry)
 
     def _start(self) -> None:
         """Start the flushing thread, once per process (again in a forked child)."""
@@ -88,17 +95,20 @@ class Batch:
             counts: Dict[object, float] = {}
             observed: Dict[object, List[float]] = {}
             queue = self.queue
-            while True:
+            while True:  # until empty, including what the calls below queue
                 try:
-                    value, amount, histogram = queue.popleft()
+                    kind, value, amount = queue.popleft()
                 except IndexError:
                     break
-                if histogram is None:
-                    accesslog.write(value)
-                elif histogram:
+                if kind is _COUNT:
+                    counts[value] = counts.get(value, 0) + amount
+                elif kind is _OBSERVE:
                     observed.setdefault(value, []).append(amount)
                 else:
-                    counts[value] = counts.get(value, 0) + amount
+                    try:
+                        value(amount)
+                    except Exception:  # one bad record must not lose the others' counts
+                        log.exception("could not record a finished request")
             for value, amount in counts.items():
                 if amount:
                     value.inc(amount)

@@ -112,7 +112,7 @@ class Watcher:
         entry.seconds = time.perf_counter() - entry.started
         try:
             if self.metrics is not None:
-                self._observe(entry)
+                self.batch.later(self._observe, entry)  # labels worked out in the flushing thread
             if self.access_log:
                 self.batch.log(entry)
         except Exception:  # a report must never break an answer already given
