@@ -34,9 +34,9 @@ lint: install ## check the code with ruff
 docs: install ## build the Sphinx documentation, warnings as errors
 	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
-bench: install ## run the proxy benchmark on 127.0.0.1, needs wrk (BENCH_ARGS="--profile 8" adds py-spy profiles)
+bench: install ## benchmark pserve production.ini against the direct backend on 127.0.0.1, needs wrk (BENCH_ARGS="--profile 8": py-spy)
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -qq wrk
-	$(BIN)/pip install --quiet -e ".[bench,uwsgi]"
+	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean: ## remove the virtualenv, build output and local databases

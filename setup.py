@@ -28,11 +28,16 @@ extras = {
         "requests>=2.28",  # the tests' and the benchmark's HTTP client
         # OGC API - Processes/Features backend of the ogcapi end-to-end suites (tests/test_e2e_ogcapi.py).
         "pygeoapi>=0.21,<0.22",
+        "granian>=2.8,<3",  # tests/test_ops_runner.py starts `pserve production.ini`
+        "prometheus-client>=0.20",  # tests/test_ops_metrics.py
     ],
     "docs": ["sphinx>=7.4"],  # 7.4: the confval directive of docs/configuration.rst
-    "prod": ["gunicorn>=21"],
-    # The faster application server (a C extension, compiled at install: needs gcc and the Python
-    # headers): `uwsgi --paste config:production.ini ...`, see docs/deployment.rst.
+    # The production server of `pserve production.ini` (twitcher/ops/runner.py: granian, Rust, wheels)
+    # and the metrics of twitcher.metrics (prometheus-client); gunicorn for `twitcher.wsgi:application`.
+    "prod": ["granian>=2.8,<3", "prometheus-client>=0.20", "gunicorn>=21"],
+    # uWSGI for those who run their own server (a C extension, compiled at install: needs gcc and the
+    # Python headers): `uwsgi --paste config:production.ini ...`, see docs/deployment.rst;
+    # `make bench BENCH_ARGS="--twitcher-server uwsgi"` compares it with pserve production.ini.
     "uwsgi": ["uWSGI>=2.0.21"],
     # Profiling the proxy under load: `make bench BENCH_ARGS="--profile 8"` (bench/run.py).
     "bench": ["py-spy>=0.3", "requests>=2.28"],
@@ -60,5 +65,6 @@ setup(
     entry_points={
         "paste.app_factory": ["main = twitcher:main"],
         "console_scripts": ["twitcherctl = twitcher.client:main"],
+        "paste.server_runner": ["granian = twitcher.ops.runner:serve_granian"],
     },
 )

@@ -11,7 +11,8 @@ import pytest
 import webtest
 from lxml import etree
 
-from bench import backend, run
+from bench import backend, load, report, scenarios
+from bench import tokens as bench_tokens
 
 NS = {
     "ows": "http://www.opengis.net/ows/1.1",
@@ -47,9 +48,9 @@ def test_capabilities_follow_the_host_the_client_used(backend_app):
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_execute_answers_a_small_execute_response_linking_back_to_the_backend(backend_app, method):
     if method == "GET":
-        resp = backend_app.get("/wps" + run.GET_EXECUTE + "&access_token=abc")
+        resp = backend_app.get("/wps" + scenarios.GET_EXECUTE + "&access_token=abc")
     else:
-        resp = backend_app.post("/wps", run.POST_EXECUTE, headers={"Content-Type": "text/xml"})
+        resp = backend_app.post("/wps", scenarios.POST_EXECUTE, headers={"Content-Type": "text/xml"})
     assert 800 <= len(resp.body) <= 1500
     doc = etree.fromstring(resp.body)
     assert etree.QName(doc).localname == "ExecuteResponse"
@@ -85,12 +86,12 @@ def test_unsupported_method_is_a_405_exception_report(backend_app):
 
 
 def test_wrk_script_prints_the_json_line_the_runner_parses():
-    script = Path(run.WRK_SCRIPT).read_text()
+    script = Path(load.WRK_SCRIPT).read_text()
     assert "BENCH_JSON " in script and "function done" in script
 
 
 def test_token_check_cost_is_measured_on_a_store_of_the_asked_size(tmp_path):
-    row = run.token_check_cost(tmp_path, size=300, lookups=200, probes=50)
+    row = bench_tokens.token_check_cost(tmp_path, size=300, lookups=200, probes=50)
     assert row["size"] == 300 and row["lookups"] == 200
     assert 0 < row["median_us"] <= row["p99_us"]
     assert not list(tmp_path.glob("tokens-*"))  # the store file is removed afterwards
@@ -101,7 +102,7 @@ def test_fill_token_store_holds_the_asked_number_of_tokens_and_the_probes_are_va
     from twitcher.tokens import check_token, token_digest
 
     path = tmp_path / "t.sqlite"
-    tokens, _ = run.fill_token_store(f"sqlite:///{path}", path, size=500, probes=20)
+    tokens, _ = bench_tokens.fill_token_store(f"sqlite:///{path}", path, size=500, probes=20)
     store = open_store(f"sqlite:///{path}")
     try:
         assert len(tokens) == 20
@@ -116,19 +117,22 @@ def test_fill_token_store_holds_the_asked_number_of_tokens_and_the_probes_are_va
 
 
 def test_evaluate_flags_each_target_from_the_measured_numbers():
-    def rows(direct, proxied):
-        return {"direct": {"rps": direct}, "twitcher": {"rps": proxied}, "ratio": proxied / direct}
+    def rows(direct, proxied, ops):
+        return {"direct": {"rps": direct}, "twitcher": {"rps": proxied}, "twitcher_ops": {"rps": ops},
+                "ratio": proxied / direct, "ops_ratio": ops / proxied}
 
     results = {
-        "requests": {"getcaps": rows(1000, 300), "execute_get": rows(1000, 200),
-                     "execute_post": rows(1000, 250), "rejected": rows(1000, 299)},
+        "requests": {"getcaps": rows(1000, 400, 390), "execute_get": rows(1000, 399, 399),
+                     "execute_post": rows(1000, 450, 420), "rejected": rows(1000, 299, 299)},
         "download": {"size_mb": 200, "direct_mb_s": 1000.0, "twitcher_mb_s": 600.0, "ratio": 0.6,
-                     "twitcher_sha256_ok": True,
-                     "twitcher_peak_rss_growth_mb": 40.0},
+                     "twitcher_sha256_ok": True, "twitcher_peak_rss_growth_mb": 40.0,
+                     "twitcher_ops_mb_s": 600.0, "ops_ratio": 1.0, "twitcher_ops_sha256_ok": False},
         "tokens": [{"size": 1000, "median_us": 20.0}, {"size": 10**6, "median_us": 25.0}],
     }
-    verdicts = [c["ok"] for c in run.evaluate(results)]
-    assert verdicts == [True, False, True, False, True, False, True]
+    verdicts = [c["ok"] for c in report.evaluate(results)]
+    # Ratios to direct (4), download ratio and memory, metrics + log on / off (4, then the
+    # download, whose checksum is wrong), token cost.
+    assert verdicts == [True, False, True, False, True, False, True, True, False, True, False, True]
 
 
 def test_rss_watch_sees_a_process_grow(tmp_path):
@@ -145,7 +149,7 @@ def test_rss_watch_sees_a_process_grow(tmp_path):
         f"open({str(ready)!r}, 'w').close()\n"
         f"while not os.path.exists({str(stop)!r}): time.sleep(0.01)\n")])
     try:
-        watch = run.RssWatch([child.pid])
+        watch = load.RssWatch([child.pid])
         with watch.watch():
             go.touch()
             deadline = time.monotonic() + 20

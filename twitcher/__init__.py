@@ -14,6 +14,7 @@ def main(global_config, **settings):
         config.include(".owsexceptions")
         config.include(".federation")
         config.include(".cors")  # on when twitcher.cors_allow_origins is set
+        config.include(".ops")  # metrics and access log, when on: after .store, whose store it times
         if features.ows_security:
             config.include(".tweens")
         if features.ows_proxy:

@@ -54,6 +54,7 @@ from .jobs import Inspector, answer_inspector
 from .ogcapi import OGCAPI
 from .ogcapi.links import api_root, is_json_media_type, rewrite_json
 from .ogcapi.routes import METHODS as OGCAPI_METHODS
+from .ops.record import UPSTREAM_KEY
 from .owsrewrite import charset_param, is_xml_media_type, rewrite_document, rewrite_link_header, rewrite_reference
 from .services import Service
 from .settings import TwitcherSettings
@@ -576,9 +577,11 @@ def owsproxy_view(request: Request) -> Response:
     inspect = None if decision is None else answer_inspector(
         decision.answer_kind, service.name, decision.token, request.registry.store, settings.job_retention_hours,
         api_root(service.url))
+    timing = request.environ[UPSTREAM_KEY] = [time.perf_counter(), None]  # ops: twitcher/ops/record.py
     try:
         upstream = send(request.registry.upstream, request.method, url, headers, body,
                         service.verify, settings.proxy_timeout, slot)
+        timing[1] = time.perf_counter()  # ops
         if log.isEnabledFor(logging.DEBUG):
             log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
         response = proxy_response(upstream, request.method, url, api_root(service.url) if ogcapi else service.url,

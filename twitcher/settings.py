@@ -8,6 +8,7 @@ process managers can configure Twitcher without editing the ini file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Callable, FrozenSet, Mapping, Optional, Tuple
@@ -58,6 +59,9 @@ class TwitcherSettings:
     rewrite_timeout: float = 60.0
     max_inflight_per_service: int = 4
     trust_forwarded_cert_header: bool = False
+    metrics: bool = False
+    metrics_allow: Tuple[str, ...] = ("127.0.0.1", "::1")
+    access_log: bool = False
 
     @property
     def public_base_url(self) -> str:
@@ -150,6 +154,14 @@ def _timeouts(value: str) -> Tuple[float, float]:
     raise ValueError(f"expected one number or two (connect, read), got {value!r}")
 
 
+def _networks(value: str) -> Tuple[str, ...]:
+    """Addresses or networks (``10.0.0.0/24``), each checked; may be empty (nobody)."""
+    words = _words(value)
+    for word in words:
+        ipaddress.ip_network(word, strict=False)  # ValueError names the bad word
+    return words
+
+
 def _optional(text: str) -> Optional[str]:
     return text.strip() or None
 
@@ -183,6 +195,9 @@ _PARSERS: Mapping[str, Callable[[str], object]] = {
     "rewrite_timeout": _positive_number,
     "max_inflight_per_service": _positive_int,
     "trust_forwarded_cert_header": _bool,
+    "metrics": _bool,
+    "metrics_allow": _networks,
+    "access_log": _bool,
 }
 
 

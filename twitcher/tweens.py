@@ -33,6 +33,8 @@ from .federation.access import INTERNAL_WPS, check_access
 from .ogcapi import OGCAPI
 from .ogcapi.routes import EXECUTE, JOB, JOB_LIST, PUBLIC, Route, classify
 from .ogcapi.routes import METHODS as OGCAPI_METHODS
+from .ops.record import ALLOWED, DECISION_KEY
+from .ops.record import Decision as AccessRecord
 from .owsexceptions import SERVICE_ATTR, path_is_under
 from .owsrequest import (
     OWSRequest,
@@ -262,6 +264,7 @@ class OWSSecurity:
         Returns the :class:`Decision`: whether the request passed as public, and with which token.
         """
         store = request.registry.store
+        note = request.environ[DECISION_KEY] = AccessRecord(target.service_name)  # ops: twitcher/ops/record.py
         path_token = None
         if target.extra and target.kind != OTHER:
             root = f"{self.prefix}/{PROXY}/{target.service_name}" if target.kind == PROXY else f"{self.prefix}/{WPS}"
@@ -277,6 +280,8 @@ class OWSSecurity:
         if service is not None and service.type == OGCAPI:
             route = self.classify_ogcapi(request, target)
             public = route.access == PUBLIC
+            service_type = OGCAPI
+            note.route = route.kind  # ops: a bounded label, never the raw path
         else:
             ows = self.parse(request, target)
             if target.kind == PROXY and service is None:
@@ -294,6 +299,7 @@ class OWSSecurity:
 
         cert_ok = (service is not None and service.auth == "cert" and self.trust_cert_header
                    and environ.get("HTTP_X_SSL_CLIENT_VERIFY") == "SUCCESS")
+        note.observe(service_type, ows, token)  # ops
         strip_credentials(environ, self.trust_cert_header, bool(query_tokens))
         setattr(request, ACCESS_ATTR, Access(token, not public))
         if public or cert_ok:
@@ -404,7 +410,8 @@ def ows_security_tween_factory(handler, registry):
 
     def ows_security_tween(request):
         try:
-            decide(request, security)
+            if decide(request, security) is not None:
+                request.environ[DECISION_KEY].outcome = ALLOWED  # ops
         except AccessDenied as exc:
             # DEBUG, not INFO: every access log (nginx, gunicorn) has the 401 already, and
             # a log record per refusal cost a sixth of the refusal's CPU and let any client

@@ -1,0 +1,137 @@
+"""The report: targets checked, Markdown tables, and the same as reStructuredText for the docs."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from bench.scenarios import SCENARIOS
+
+#: Token-check cost counts as "the same" when the median at the largest store is within this factor.
+TOKEN_COST_TOLERANCE = 1.5
+#: The least share of the direct backend's MB/s a download through Twitcher keeps.
+DOWNLOAD_TARGET = 0.6
+#: Twitcher with metrics and access log on keeps at least this share of its rate with both off.
+OPS_TARGET = 0.95
+
+
+def verdict(ok: Optional[bool]) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def evaluate(results: dict) -> List[dict]:
+    """One line per target of the issue: what was measured, the limit, PASS/FAIL."""
+    checks = []
+    for scenario in SCENARIOS:
+        rows = results["requests"].get(scenario.key, {})
+        ratio = rows.get("ratio")
+        checks.append({"target": f"{scenario.label}: ratio >= {scenario.target}", "value": ratio,
+                       "ok": None if ratio is None else ratio >= scenario.target})
+    dl = results["download"]
+    if "twitcher_mb_s" in dl:
+        ratio = dl["ratio"]
+        checks.append({"target": f"{dl['size_mb']} MB download: ratio >= {DOWNLOAD_TARGET}", "value": ratio,
+                       "ok": ratio >= DOWNLOAD_TARGET and dl["twitcher_sha256_ok"]})
+        checks.append({"target": "download: Twitcher worker peak RSS growth <= 32 MB",
+                       "value": dl["twitcher_peak_rss_growth_mb"], "ok": dl["twitcher_peak_rss_growth_mb"] <= 32})
+    else:
+        checks.append({"target": f"{dl['size_mb']} MB download: ratio >= {DOWNLOAD_TARGET}", "value": None,
+                       "ok": None})
+    for scenario in SCENARIOS:
+        ratio = results["requests"].get(scenario.key, {}).get("ops_ratio")
+        if ratio is not None:
+            checks.append({"target": f"{scenario.label}, metrics + access log on / off >= {OPS_TARGET}",
+                           "value": ratio, "ok": ratio >= OPS_TARGET})
+    if dl.get("ops_ratio") is not None:
+        checks.append({"target": f"download, metrics + access log on / off >= {OPS_TARGET}",
+                       "value": dl["ops_ratio"], "ok": dl["ops_ratio"] >= OPS_TARGET and dl["twitcher_ops_sha256_ok"]})
+    tokens = results["tokens"]
+    if len(tokens) >= 2:
+        ratio = tokens[-1]["median_us"] / tokens[0]["median_us"]
+        checks.append({"target": f"token check: median at {tokens[-1]['size']:,} within "
+                                 f"{TOKEN_COST_TOLERANCE}x of {tokens[0]['size']:,}",
+                       "value": ratio, "ok": ratio <= TOKEN_COST_TOLERANCE})
+    return checks
+
+
+def markdown(results: dict) -> str:
+    """The tables of ``latest.md`` and of the docs page."""
+    lines = [f"Run {results['started']} on {results['machine']['cores']} cores ({results['machine']['cpu']}), "
+             f"Twitcher on {results['settings'].get('twitcher_server', 'gunicorn')}, "
+             f"{results['settings']['connections']} connections, {results['settings']['rounds']} rounds of "
+             f"{results['settings']['duration']} s; medians of the rounds, ratio: median of the per-round ratios.",
+             ""]
+    lines += ["| request | direct req/s | Twitcher req/s | ratio | direct p50 / p90 / p99 ms "
+              "| Twitcher p50 / p90 / p99 ms | CPU ms/req: backend, Twitcher |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def lat(row: dict) -> str:
+        return f"{row['p50_ms']:.1f} / {row['p90_ms']:.1f} / {row['p99_ms']:.1f}"
+
+    for scenario in SCENARIOS:
+        rows = results["requests"][scenario.key]
+        direct = rows["direct"]
+        proxied = rows.get("twitcher")
+        cpu = f"{direct['cpu_ms_per_request']['backend']:.2f}"
+        if proxied:
+            cpu += f", {proxied['cpu_ms_per_request']['twitcher']:.2f}"
+        lines.append(f"| {scenario.label} | {direct['rps']:.0f} | {proxied['rps']:.0f} | "
+                     f"{rows['ratio']:.2f} | {lat(direct)} | {lat(proxied)} | {cpu} |" if proxied else
+                     f"| {scenario.label} | {direct['rps']:.0f} | - | - | {lat(direct)} | - | {cpu} |")
+    if any("twitcher_ops" in results["requests"][s.key] for s in SCENARIOS):
+        lines += ["", "| request | Twitcher req/s | with metrics + access log req/s | on / off | p50 / p90 / p99 ms on "
+                  "| CPU ms/req on |", "|---|---:|---:|---:|---:|---:|"]
+        for scenario in SCENARIOS:
+            rows = results["requests"][scenario.key]
+            if "twitcher_ops" in rows and "twitcher" in rows:
+                ops = rows["twitcher_ops"]
+                lines.append(f"| {scenario.label} | {rows['twitcher']['rps']:.0f} | {ops['rps']:.0f} | "
+                             f"{rows['ops_ratio']:.2f} | {lat(ops)} | "
+                             f"{ops['cpu_ms_per_request']['twitcher_ops']:.2f} |")
+    dl = results["download"]
+    lines += ["", "| download | direct MB/s | Twitcher MB/s | ratio | Twitcher worker peak RSS growth "
+              "| Twitcher CPU ms per 100 MB | sha256 |", "|---|---:|---:|---:|---:|---:|---|"]
+    if "twitcher_mb_s" in dl:
+        lines.append(f"| {dl['size_mb']} MB | {dl['direct_mb_s']:.0f} | {dl['twitcher_mb_s']:.0f} | "
+                     f"{dl['ratio']:.2f} | {dl['twitcher_peak_rss_growth_mb']:.1f} MB | "
+                     f"{dl['twitcher_cpu_ms_per_100mb']:.0f} | {'ok' if dl['twitcher_sha256_ok'] else 'WRONG'} |")
+    else:
+        lines.append(f"| {dl['size_mb']} MB | {dl['direct_mb_s']:.0f} | - | - | - | - | - |")
+    if "twitcher_ops_mb_s" in dl:
+        lines.append(f"| {dl['size_mb']} MB, metrics + access log on | {dl['direct_mb_s']:.0f} | "
+                     f"{dl['twitcher_ops_mb_s']:.0f} | {dl['twitcher_ops_mb_s'] / dl['direct_mb_s']:.2f} | "
+                     f"{dl['twitcher_ops_peak_rss_growth_mb']:.1f} MB | {dl['twitcher_ops_cpu_ms_per_100mb']:.0f} | "
+                     f"{'ok' if dl['twitcher_ops_sha256_ok'] else 'WRONG'} |")
+    lines += ["", "| tokens in the store | fill s | fetch_token + check_token median µs | p99 µs |",
+              "|---:|---:|---:|---:|"]
+    for row in results["tokens"]:
+        lines.append(f"| {row['size']:,} | {row['fill_seconds']} | {row['median_us']} | {row['p99_us']} |")
+    lines += ["", "| target | measured | result |", "|---|---:|---|"]
+    for check in results["checks"]:
+        value = "-" if check["value"] is None else f"{check['value']:.2f}"
+        lines.append(f"| {check['target']} | {value} | {verdict(check['ok'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def rst_tables(text: str) -> str:
+    """The Markdown report as reStructuredText (``list-table``), to paste into docs/benchmark.rst."""
+    out: List[str] = []
+    rows: List[List[str]] = []
+
+    def flush() -> None:
+        if not rows:
+            return
+        out.extend([".. list-table::", "   :header-rows: 1", ""])
+        for row in rows:
+            out.append(f"   * - {row[0]}")
+            out.extend(f"     - {cell}" for cell in row[1:])
+        out.append("")
+        rows.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            if not all(set(cell) <= set("-:") for cell in cells):
+                rows.append([cell.replace("`", "``") for cell in cells])
+            continue
+        flush()
+        out.append(line)
+    flush()
+    return "\n".join(out).rstrip() + "\n"
