@@ -107,7 +107,10 @@ class UrlMapper:
 
     def map(self, url: str) -> Optional[str]:
         """The proxy URL for any ``url`` pointing into the service's base directory, else None."""
-        target = urlsplit(url)
+        try:
+            target = urlsplit(url)
+        except ValueError:  # e.g. "http://[x": not a URL, so not one of the backend's
+            return None
         if self.origin is None or _origin(target) != self.origin:
             return None
         return self.map_on_origin(target.path, target.query, target.fragment)
@@ -220,7 +223,10 @@ def rewrite_text(document: str, service_url: str, proxy_url: str) -> str:
         if quote_char is None:
             continue
         raw = match.group("rest")
-        rest, _, fragment = (_unescape(raw) if "&" in raw else raw).partition("#")
+        try:
+            rest, _, fragment = (_unescape(raw) if "&" in raw else raw).partition("#")
+        except (ValueError, OverflowError):  # a character reference beyond Unicode: not a URL we can map
+            continue
         path, _, query = rest.partition("?")
         mapped = mapper.map_on_origin(path, query, fragment)
         if mapped is None:
@@ -243,10 +249,14 @@ def rewrite_document(document: bytes, service_url: str, proxy_url: str,
     encoding = document_encoding(document, http_charset)
     try:
         text = document.decode(encoding)
-    except (LookupError, UnicodeDecodeError):
-        log.warning("backend XML is not readable as %s; passed on without rewriting", encoding)
+    except (LookupError, ValueError):  # ValueError: UnicodeError, and a charset name with a NUL
+        log.warning("backend XML is not readable as %r; passed on without rewriting", encoding)
         return document
     rewritten = rewrite_text(text, service_url, proxy_url)
     if rewritten == text:
         return document
-    return rewritten.encode(encoding, errors="xmlcharrefreplace")
+    try:
+        return rewritten.encode(encoding, errors="xmlcharrefreplace")
+    except (LookupError, ValueError):  # codecs such as idna that read text but write no XML
+        log.warning("backend XML cannot be written back as %r; passed on without rewriting", encoding)
+        return document
