@@ -44,5 +44,9 @@ fuzz: install ## fuzz each parser and rewriter with atheris for FUZZ_SECONDS (de
 	$(BIN)/pip install --quiet -e ".[fuzz]"
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) $(if $(FUZZ_TARGETS),--targets $(FUZZ_TARGETS))
 
+SOAK_SECONDS ?= 600
+soak: install ## 64 clients against a real Twitcher for SOAK_SECONDS (default 600), the store gone for 30 s half-way
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
+
 clean: ## remove the virtualenv, build output and local databases
 	rm -rf $(VENV) build dist *.egg-info docs/_build var .pytest_cache .ruff_cache fuzz/out
