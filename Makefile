@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INI ?= development.ini
 
 .DEFAULT_GOAL := help
-.PHONY: help install start test lint docs bench clean
+.PHONY: help install start test lint docs bench fuzz soak clean
 
 help: ## show this list of targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -24,11 +24,11 @@ start: install ## run Twitcher on http://localhost:8000 with the embedded SQLite
 	$(BIN)/pserve $(INI)
 
 test: install ## run the linter and the whole test suite
-	$(BIN)/ruff check twitcher tests bench
+	$(BIN)/ruff check twitcher tests bench fuzz
 	$(BIN)/pytest
 
 lint: install ## check the code with ruff
-	$(BIN)/ruff check twitcher tests bench
+	$(BIN)/ruff check twitcher tests bench fuzz
 
 # -E: read every page afresh, so that no warning is hidden by an earlier build.
 docs: install ## build the Sphinx documentation, warnings as errors
@@ -39,5 +39,14 @@ bench: install ## benchmark pserve production.ini against the direct backend on 
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+FUZZ_SECONDS ?= 600
+fuzz: install ## fuzz each parser and rewriter with atheris for FUZZ_SECONDS (default 600) each; fails on a finding
+	$(BIN)/pip install --quiet -e ".[fuzz]"
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) $(if $(FUZZ_TARGETS),--targets $(FUZZ_TARGETS))
+
+SOAK_SECONDS ?= 600
+soak: install ## 64 clients against a real Twitcher for SOAK_SECONDS (default 600), the store gone for 30 s half-way
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
+
 clean: ## remove the virtualenv, build output and local databases
-	rm -rf $(VENV) build dist *.egg-info docs/_build var .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info docs/_build var .pytest_cache .ruff_cache fuzz/out

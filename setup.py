@@ -41,6 +41,8 @@ extras = {
     "uwsgi": ["uWSGI>=2.0.21"],
     # Profiling the proxy under load: `make bench BENCH_ARGS="--profile 8"` (bench/run.py).
     "bench": ["py-spy>=0.3", "requests>=2.28"],
+    # Coverage-guided fuzzing of the parsers and rewriters: `make fuzz` (fuzz/run.py).
+    "fuzz": ["atheris>=2.3"],
 }
 
 setup(

@@ -44,7 +44,10 @@ def test_health_is_503_when_the_sqlite_file_cannot_be_opened(make_app, tmp_path)
     assert response.json["store"] == "unavailable"
 
 
-def test_health_recovers_when_the_store_answers_again(make_app, tmp_path):
+def test_health_recovers_when_the_store_answers_again(make_app, tmp_path, monkeypatch):
+    from twitcher.store import sqlite
+
+    monkeypatch.setattr(sqlite, "RETRY_SECONDS", 0)  # no pause before the store is tried again
     blocker = tmp_path / "data"
     blocker.write_text("a file where the store's folder should be")
     app = make_app(db_url=f"sqlite:///{blocker}/twitcher.sqlite")

@@ -120,7 +120,10 @@ class UrlMapper:
 
     def map(self, url: str) -> Optional[str]:
         """The proxy URL for any ``url`` pointing into the service's base directory, else None."""
-        target = urlsplit(url)
+        try:
+            target = urlsplit(url)
+        except ValueError:  # e.g. "http://[x": not a URL, so not one of the backend's
+            return None
         if self.origin is None or _origin(target) != self.origin:
             return None
         return self.map_on_origin(target.path, target.query, target.fragment)
@@ -233,7 +236,10 @@ def rewrite_text(document: str, service_url: str, proxy_url: str) -> str:
         if quote_char is None:
             continue
         raw = match.group("rest")
-        rest, _, fragment = (_unescape(raw) if "&" in raw else raw).partition("#")
+        try:
+            rest, _, fragment = (_unescape(raw) if "&" in raw else raw).partition("#")
+        except (ValueError, OverflowError):  # a character reference beyond Unicode: not a URL we can map
+            continue
         path, _, query = rest.partition("?")
         # A URL on the backend's origin outside the service's directory cannot be reached
         # through the proxy: it is emptied rather than handed to the client (see module docstring).

@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 _MAX_IDS = 500
 #: How long a writer waits for another process' lock before the store counts as unavailable.
 BUSY_TIMEOUT_SECONDS = 5.0
+#: After a failure, how long every request is refused at once before one of them tries again.
+RETRY_SECONDS = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -80,6 +83,9 @@ class SQLiteStore(Store):
         self._lock = threading.Lock()
         self._conn: Optional[sqlite3.Connection] = None
         self._pid: Optional[int] = None
+        self._state = threading.Lock()  # guards the three below, never held while waiting for SQLite
+        self._failing = self._probing = False
+        self._failed_at = 0.0
 
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -101,20 +107,64 @@ class SQLiteStore(Store):
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        """The process' connection, under the lock; database errors become StoreUnavailable."""
-        with self._lock:
+        """The process' connection, under the lock; database errors become StoreUnavailable.
+
+        A store that failed is not waited for again by every request: for ``RETRY_SECONDS`` each
+        request is refused at once, then one request probes it while the others are still refused.
+        Without this, one connection per process means that each request queues behind the one
+        before for SQLite's own wait (ten seconds for a read of a locked WAL index), and a short
+        outage becomes minutes of hanging requests.
+        """
+        probe = self._admit()
+        if not self._lock.acquire(timeout=BUSY_TIMEOUT_SECONDS):
+            self._failed("its connection stayed busy")
+            raise StoreUnavailable("the token store is busy")
+        try:
+            if self._failing and not probe:  # it failed while this request waited for the lock
+                raise StoreUnavailable("the token store failed a moment ago")
             try:
                 if self._conn is None or self._pid != os.getpid():
                     # After a fork the parent's connection must not be used: open our own.
                     self._conn = self._connect()
                     self._pid = os.getpid()
                 yield self._conn
-            except sqlite3.IntegrityError:
-                raise
             except (sqlite3.Error, OSError) as exc:
+                if isinstance(exc, sqlite3.IntegrityError):
+                    self._answered()
+                    raise
                 # OSError: the file's folder cannot be created (a file is in the way, no permission).
                 log.error("SQLite store %s failed: %s", self.path, exc)
+                self._failed(str(exc))
                 raise StoreUnavailable(f"the token store did not answer: {exc}") from exc
+            except BaseException:
+                self._answered()
+                raise
+            self._answered()
+        finally:
+            self._lock.release()
+
+    def _admit(self) -> bool:
+        """Refuse at once while a failed store waits for its retry; True for the request that probes it."""
+        if not self._failing:
+            return False
+        with self._state:
+            if not self._failing:
+                return False
+            if self._probing or time.monotonic() < self._failed_at + RETRY_SECONDS:
+                raise StoreUnavailable("the token store failed a moment ago")
+            self._probing = True  # this request tries the store; the others are refused meanwhile
+            return True
+
+    def _failed(self, why: str) -> None:
+        with self._state:
+            self._failing, self._probing = True, False
+            self._failed_at = time.monotonic()
+
+    def _answered(self) -> None:
+        if self._failing:
+            with self._state:
+                self._failing = self._probing = False
+            log.warning("SQLite store %s answers again", self.path)
 
     # -- tokens -------------------------------------------------------------------------
 

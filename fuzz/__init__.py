@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing harnesses (atheris) for Twitcher's parsers and rewriters: ``make fuzz``."""

@@ -1,0 +1,55 @@
+"""Fuzz the filtering and rewriting of response headers, ``owsproxy.forward_response_headers``.
+
+Input: ``<service byte>`` then one header per line, ``Name: value``. Invariants:
+
+- no hop-by-hop header, no ``Content-Length`` and no header that ``Connection`` names goes out;
+- every other header that goes out went in, in the same order, its value unchanged, except the
+  headers that carry links (``Location``, ``Content-Location``, ``Link``);
+- a link header that was changed now names the proxy, and none that goes out still points into
+  the service's directory on the backend (``map_url`` would map it).
+"""
+from __future__ import annotations
+
+from fuzz.common import pick_service
+from twitcher.owsproxy import _HOP_BY_HOP, forward_response_headers
+from twitcher.owsrewrite import map_url, url_mapper
+
+_LINKS = ("location", "content-location", "link")
+
+
+def parse_headers(data: bytes) -> list:
+    """``Name: value`` lines as a header list; lines without a colon are skipped."""
+    headers = []
+    for line in data.decode("latin-1").split("\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            headers.append((name.strip(), value.strip()))
+    return headers
+
+
+def check(data: bytes) -> None:
+    service_url, proxy_url, rest = pick_service(data)
+    headers = parse_headers(rest)
+    out = forward_response_headers(headers, service_url, proxy_url)
+    named = {token.strip().lower() for key, value in headers if key.lower() == "connection"
+             for token in value.split(",") if token.strip()}
+    dropped = _HOP_BY_HOP | {"content-length"} | named
+    public = url_mapper(service_url, proxy_url).proxy_url
+    remaining = iter(headers)
+    for key, value in out:
+        assert key.lower() not in dropped, (key, headers)
+        # A subsequence of the input, in order: look for it in what is left of the input.
+        original = next((v for k, v in remaining if k == key), None)
+        assert original is not None, f"{key!r} went out, but not in this order or not at all"
+        if key.lower() not in _LINKS:
+            assert value == original, (key, value, original)
+            continue
+        assert value == original or public in value, (key, value, original)
+        if key.lower() != "link":
+            assert map_url(value, service_url, proxy_url) is None, f"{key} still names the backend: {value!r}"
+
+
+if __name__ == "__main__":
+    from fuzz.common import run
+
+    run(check)

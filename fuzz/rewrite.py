@@ -1,0 +1,41 @@
+"""Fuzz the rewriting of backend documents, ``owsrewrite.rewrite_document``.
+
+Input: ``<service byte><charset>\\n<document>``; an empty charset means the backend sent none
+(the document's BOM or XML declaration decides then). The rewriter must never raise: a document it
+cannot read passes unchanged. Invariants:
+
+- the answer is bytes, and the input itself when nothing was rewritten;
+- it never grows beyond a bound: each rewritten URL takes at least ``scheme://host`` of the input
+  and writes at most the (escaped) proxy URL in its place, in a character set of at most four
+  bytes per character;
+- a changed document reads in its own character set and names the proxy there.
+"""
+from __future__ import annotations
+
+from fuzz.common import fields, pick_service
+from twitcher.owsrewrite import _escape, document_encoding, rewrite_document, url_mapper
+
+#: Bytes a character may take in any character set a document arrives in (UTF-32, UTF-8 at most).
+MAX_CHAR_BYTES = 4
+
+
+def check(data: bytes) -> None:
+    service_url, proxy_url, rest = pick_service(data)
+    raw_charset, document = fields(rest, 2)
+    charset = raw_charset.decode("latin-1").strip() or None
+    out = rewrite_document(document, service_url, proxy_url, charset)
+    assert isinstance(out, bytes), type(out)
+    if out == document:
+        return
+    public = _escape(url_mapper(service_url, proxy_url).proxy_url, '"')
+    encoding = document_encoding(document, charset)
+    text = document.decode(encoding)
+    bound = len(document) + text.count("://") * len(public) * MAX_CHAR_BYTES
+    assert len(out) <= bound, f"{len(document)} bytes grew to {len(out)}, bound {bound}"
+    assert public in out.decode(encoding), "changed, but the proxy URL is not in it"
+
+
+if __name__ == "__main__":
+    from fuzz.common import run
+
+    run(check)
