@@ -34,10 +34,11 @@ lint: install ## check the code with ruff
 docs: install ## build the Sphinx documentation, warnings as errors
 	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
-bench: install ## benchmark pserve production.ini against the direct backend on 127.0.0.1, needs wrk (BENCH_ARGS="--profile 8": py-spy)
+bench: install ## benchmark pserve production.ini against the direct backend on 127.0.0.1, then signed-token checks; needs wrk (BENCH_ARGS="--profile 8": py-spy)
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -qq wrk
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/signed_tokens.py
 
 FUZZ_SECONDS ?= 600
 fuzz: install ## fuzz each parser and rewriter with atheris for FUZZ_SECONDS (default 600) each; fails on a finding

@@ -5,9 +5,10 @@ Input: ``<service byte><charset>\\n<document>``; an empty charset means the back
 cannot read passes unchanged. Invariants:
 
 - the answer is bytes, and the input itself when nothing was rewritten;
-- it never grows beyond a bound: each rewritten URL takes at least ``scheme://host`` of the input
-  and writes at most the (escaped) proxy URL in its place, in a character set of at most four
-  bytes per character;
+- it never grows beyond a linear bound: each rewritten URL takes at least ``scheme://host`` of
+  the input and writes at most the (escaped) proxy URL in its place, in a character set of at most
+  four bytes per character; the rest of the URL is written escaped, so a bare ``&`` or quote of a
+  malformed document may become ``&amp;`` or ``&quot;`` (at most six bytes for one);
 - a changed document reads in its own character set and names the proxy there.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from twitcher.owsrewrite import _escape, document_encoding, rewrite_document, ur
 
 #: Bytes a character may take in any character set a document arrives in (UTF-32, UTF-8 at most).
 MAX_CHAR_BYTES = 4
+#: Bytes an escaped character may take (``&quot;``), for bare ``&`` and quotes of malformed XML.
+MAX_ESCAPE_GROWTH = 6
 
 
 def check(data: bytes) -> None:
@@ -30,7 +33,7 @@ def check(data: bytes) -> None:
     public = _escape(url_mapper(service_url, proxy_url).proxy_url, '"')
     encoding = document_encoding(document, charset)
     text = document.decode(encoding)
-    bound = len(document) + text.count("://") * len(public) * MAX_CHAR_BYTES
+    bound = len(document) * MAX_ESCAPE_GROWTH + text.count("://") * len(public) * MAX_CHAR_BYTES
     assert len(out) <= bound, f"{len(document)} bytes grew to {len(out)}, bound {bound}"
     assert public in out.decode(encoding), "changed, but the proxy URL is not in it"
 
