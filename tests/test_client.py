@@ -78,7 +78,8 @@ def test_revoke_one_and_all(ctl, store):
     first, second = new_token(1), new_token(1)
     for _, record in (first, second):
         store.save_token(record)
-    assert ctl("revoke", first[0])[:2] == (0, True)
+    revoked = ctl("revoke", first[0])
+    assert revoked[:2] == (0, True), revoked[2]
     assert store.fetch_token(first[1].digest).revoked and not store.fetch_token(second[1].digest).revoked
     assert ctl("revoke", "--all")[:2] == (0, True)
     assert store.fetch_token(second[1].digest).revoked
