@@ -107,16 +107,22 @@ class Server:
         raise RuntimeError(f"{self.name}: {expected} workers did not start; see {self.logfile}")
 
     def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
+        stop_process_group(self.proc)
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session``), SIGKILL after
+    10 s: a server and every worker it spawned end with the run, however they behave."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 def _cmdline(pid: int) -> str:

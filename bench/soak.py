@@ -34,7 +34,6 @@ import contextlib
 import os
 import random
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import requests
 
+from bench.servers import stop_process_group
 from twitcher.rpcinterface import FAULT_STORE_UNAVAILABLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,15 +251,7 @@ class Child:
                                          start_new_session=True)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc)
 
 
 def wait_until_up(url: str, child: Child, timeout: float = 30.0) -> None:
