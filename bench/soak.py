@@ -266,11 +266,35 @@ def wait_until_up(url: str, child: Child, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{child.name} did not answer within {timeout:.0f} s; see {child.log}")
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+def _process_rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:  # the process ended meanwhile
+        pass
     return 0
+
+
+def process_tree(pid: int) -> List[int]:
+    """``pid`` and every process below it: granian's workers are children of ``pserve``."""
+    parents: Dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of Twitcher: the server process and all its workers together."""
+    return sum(_process_rss_kib(p) for p in process_tree(pid))
 
 
 #: The locker: exclusive POSIX locks on the eight lock bytes of SQLite's WAL index (write,
