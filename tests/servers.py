@@ -74,6 +74,11 @@ def serve_twitcher(settings: Dict[str, str]) -> Iterator[str]:
             upstream = getattr(late.app.registry, "upstream", None)
             if upstream is not None:
                 upstream.close()
+            # A site that checked signed tokens polls other sites' revocation lists: stop it, or it
+            # would go on polling closed servers for the rest of the test session.
+            federation = getattr(late.app.registry, "federation", None)
+            if federation is not None:
+                federation.revocations.stop()
 
 
 def wait_until_up(base_url: str, path: str = "/", timeout: float = START_TIMEOUT) -> None:

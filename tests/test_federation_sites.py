@@ -10,16 +10,16 @@ import json
 import threading
 import time
 import xmlrpc.client
-from contextlib import ExitStack, contextmanager
-from typing import Callable, Dict, Iterator, List, Optional
+from contextlib import ExitStack
+from typing import Callable, Dict, List, Optional
 
 import pytest
 import requests
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
-from tests.servers import LateApp, serve_wsgi
+from tests.servers import serve_twitcher, serve_wsgi
 from tests.test_federation import TAMPERED, tampered_token
-from twitcher import client, main
+from twitcher import client
 from twitcher.federation.biscuit import public_key_text
 from twitcher.federation.keys import write_signing_key
 from twitcher.services import service_from_registration
@@ -102,24 +102,10 @@ def federation(tmp_path_factory):
                 "twitcher.revocation_max_age_seconds": str(GRACE_SECONDS),
                 "twitcher.proxy_timeout": "2 10",
             }
-            url = stack.enter_context(_serve_site(settings))
+            url = stack.enter_context(serve_twitcher(settings))
             relays[name].target = url
             sites[name] = Site(name, url, keys[name], store)
         yield {"a": sites["a"], "b": sites["b"], "backend": backend, "relays": relays}
-
-
-@contextmanager
-def _serve_site(settings: Dict[str, str]) -> Iterator[str]:
-    """Like ``serve_twitcher``, and stops the site's revocation poller when done (else it would
-    go on polling a closed relay for the rest of the test session)."""
-    late = LateApp()
-    with serve_wsgi(late) as base_url:
-        late.app = main({}, **{**settings, "twitcher.url": base_url})
-        try:
-            yield base_url
-        finally:
-            late.app.registry.federation.revocations.stop()
-            late.app.registry.upstream.close()
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:

@@ -558,7 +558,8 @@ def owsproxy_view(request: Request) -> Response:
         raise InvalidParameterValue("The extra path contains the access token; send it in a header.",
                                     locator="extra_path")
     # An OGC API's landing page is a directory: extra paths go below it, not beside it.
-    base_url = api_root(service.url) if ogcapi and extra_path is not None else service.url
+    root = api_root(service.url)  # where an OGC API's paths, links and jobs live
+    base_url = root if ogcapi and extra_path is not None else service.url
     url = target_url(base_url, request.environ.get("QUERY_STRING", ""), extra_path)
     proxy_url = public_proxy_url(service, settings)
     # X-Forwarded-Proto and -Host from the public URL, not from the client's Host header: a backend
@@ -576,7 +577,7 @@ def owsproxy_view(request: Request) -> Response:
     decision = getattr(request, DECISION_ATTR, None)
     inspect = None if decision is None else answer_inspector(
         decision.answer_kind, service.name, decision.token, request.registry.store, settings.job_retention_hours,
-        api_root(service.url))
+        root)
     timing = request.environ[UPSTREAM_KEY] = [time.perf_counter(), None]  # ops: twitcher/ops/record.py
     try:
         upstream = send(request.registry.upstream, request.method, url, headers, body,
@@ -584,7 +585,7 @@ def owsproxy_view(request: Request) -> Response:
         timing[1] = time.perf_counter()  # ops
         if log.isEnabledFor(logging.DEBUG):
             log.debug("proxied %s to service %s: %s", request.method, service.name, upstream.status)
-        response = proxy_response(upstream, request.method, url, api_root(service.url) if ogcapi else service.url,
+        response = proxy_response(upstream, request.method, url, root if ogcapi else service.url,
                                   proxy_url, settings.rewrite_max_bytes, settings.rewrite_timeout, inspect)
     except BaseException:
         slot.release()
