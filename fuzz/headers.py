@@ -7,13 +7,14 @@ Input: ``<service byte>`` then one header per line, ``Name: value``. Invariants:
   headers that carry links (``Location``, ``Content-Location``, ``Link``);
 - a link header that was changed now names the proxy, and none that goes out still points into
   the service's directory on the backend (``map_url`` would map it); link headers that name the
-  backend elsewhere, or do not parse, may be dropped.
+  backend elsewhere, or do not parse, may be dropped; a Link header that goes out parses, and
+  none of its targets points into the service's directory on the backend.
 """
 from __future__ import annotations
 
 from fuzz.common import pick_service
 from twitcher.owsproxy import _HOP_BY_HOP, forward_response_headers
-from twitcher.owsrewrite import map_url, url_mapper
+from twitcher.owsrewrite import map_url, parse_link_header, url_mapper
 
 _LINKS = ("location", "content-location", "link")
 
@@ -53,6 +54,11 @@ def check(data: bytes) -> None:
         assert value == original or public in value, (key, value, original)
         if key.lower() != "link":
             assert map_url(value, service_url, proxy_url) is None, f"{key} still names the backend: {value!r}"
+            continue
+        links = parse_link_header(value)
+        assert links is not None, f"a Link header that does not parse went out: {value!r}"
+        for target, _ in links:
+            assert map_url(target, service_url, proxy_url) is None, f"a Link still names the backend: {value!r}"
 
 
 if __name__ == "__main__":

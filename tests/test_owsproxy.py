@@ -63,6 +63,8 @@ def test_target_is_the_registered_url_with_the_client_query_and_extra_path(servi
     "..", "../secret", "outputs/../../secret", "outputs/..", "./x", "%2e%2e/secret", "%252e%252e/secret",
     "a/%2E%2e", "/etc/passwd", "//evil.example/x", "a//b", "http://evil.example/", "javascript:alert(1)",
     "a\\..\\b", "a%5c..", "x\r\nHost: evil", "a%2f..%2fb",
+    # Still changing after four rounds of decoding: refused whatever it would become.
+    "%252525252e%252525252e", "x%2525252541",
 ])
 def test_extra_paths_that_could_leave_the_service_directory_are_refused(extra):
     with pytest.raises(InvalidParameterValue) as refused:

@@ -16,6 +16,7 @@ from twitcher.owsrewrite import (
     map_url,
     parse_link_header,
     rewrite_document,
+    rewrite_link_header,
     rewrite_text,
 )
 
@@ -270,3 +271,28 @@ def test_a_bogus_encoding_declaration_leaves_the_document_unchanged(declared):
 ])
 def test_link_headers_are_parsed_as_rfc_8288_says(value, expected):
     assert parse_link_header(value) == expected
+
+
+BACKEND_WPS = "http://h:5000/svc/wps"
+
+
+@pytest.mark.parametrize("value", [
+    '<https://elsewhere.example/a>;rel=next',
+    '<https://elsewhere.example/a>;  anchor=https://elsewhere.example/b ;rel="x"',
+    '<https://elsewhere.example/a>;f-8kend.example:8080/s?service=WPS',
+])
+def test_a_link_header_naming_no_backend_passes_byte_for_byte(value):
+    """Found by the headers fuzzer: re-serialising changed the spacing of a header that named
+    nothing of ours, which no client asked for."""
+    assert rewrite_link_header(value, BACKEND_WPS, BACKEND_WPS, PROXY) == value
+
+
+def test_a_link_header_naming_the_backend_is_rewritten_and_its_other_links_kept():
+    value = '<http://h:5000/svc/outputs/a.nc>;rel=item, <https://elsewhere.example/b>;rel=next'
+    assert rewrite_link_header(value, BACKEND_WPS, BACKEND_WPS, PROXY) == (
+        f'<{PROXY}/outputs/a.nc>; rel=item, <https://elsewhere.example/b>; rel=next')
+
+
+def test_a_link_anchored_on_the_backend_outside_the_service_is_dropped():
+    value = '<https://elsewhere.example/a>; anchor="http://h:5000/admin", <https://elsewhere.example/b>'
+    assert rewrite_link_header(value, BACKEND_WPS, BACKEND_WPS, PROXY) == "<https://elsewhere.example/b>"

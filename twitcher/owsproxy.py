@@ -113,6 +113,8 @@ def _safe_relative_path(extra_path: str) -> str:
             decoded, previous = unquote(decoded), decoded
             if decoded == previous:
                 break
+        else:  # still changing: no honest client encodes a path four times, and we cannot judge it
+            raise refuse("it is percent-encoded too many times")
         if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
             raise refuse("it leaves the service's directory")
     return quote(extra_path, safe=_PATH_SAFE)

@@ -340,23 +340,30 @@ def _unquote_param(raw: str) -> str:
 def rewrite_link_header(value: str, base_url: str, service_url: str, proxy_url: str) -> Optional[str]:
     """A backend's ``Link`` header for the client: each target and ``anchor`` rewritten as
     :func:`rewrite_reference` says; a link-value that must be dropped is left out, and so is the
-    whole header (None) when nothing is left or it cannot be parsed (it might name the backend)."""
+    whole header (None) when nothing is left or it cannot be parsed (it might name the backend).
+    A header in which nothing had to change passes byte for byte, spacing included."""
     links = parse_link_header(value)
     if links is None:
         return None
-    kept = []
+    kept, changed = [], False
     for target, params in links:
         mapped = rewrite_reference(target, base_url, service_url, proxy_url)
         if mapped is None:
+            changed = True
             continue
+        changed = changed or mapped != target
         parts = [f"<{mapped}>"]
         for name, raw in params:
             if raw is not None and name.lower() == "anchor":
                 anchor = rewrite_reference(_unquote_param(raw), base_url, service_url, proxy_url)
                 if anchor is None:
+                    changed = True
                     break
+                changed = changed or anchor != _unquote_param(raw)
                 raw = '"' + anchor.replace("\\", "\\\\").replace('"', '\\"') + '"'
             parts.append(name if raw is None else f"{name}={raw}")
         else:
             kept.append("; ".join(parts))
+    if not changed:
+        return value  # nothing named the backend: the header passes as the backend wrote it
     return ", ".join(kept) or None
