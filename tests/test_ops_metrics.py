@@ -235,6 +235,7 @@ def test_a_bad_listen_names_the_key(text):
 
 @pytest.mark.parametrize("options, key", [
     ({"workers": "0"}, "workers"), ({"threads": "many"}, "threads"), ({"graceful_timeout": "-1"}, "graceful_timeout"),
+    ({"connections": "0"}, "connections"),
     ({"max_request_body_size": "1"}, "max_request_body_size"),
 ])
 def test_bad_server_keys_stop_start_up_naming_the_key(options, key):

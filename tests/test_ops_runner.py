@@ -271,6 +271,28 @@ def test_metrics_add_up_over_the_workers_and_the_access_log_has_a_line_each(tmp_
     assert token not in server.stderr.read_text()
 
 
+def test_idle_keep_alive_connections_do_not_lock_new_clients_out(tmp_path, backend_url):
+    """Found by the soak: granian's backpressure counts connections, and sized from the threads
+    (16 a worker) it let 64 keep-alive clients starve the rest until they timed out."""
+    idle = 40 * default_workers()  # far more than threads * 2 per worker, far fewer than the default
+    with production(tmp_path, backend_url) as server:
+        server.all_workers()
+        sessions = []
+        try:
+            for _ in range(idle):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                sessions.append(sock)
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # answered, kept alive, now idle
+            for _ in range(3):
+                started = time.monotonic()
+                assert requests.get(server.base_url + "/health", timeout=10).status_code == 200
+                assert time.monotonic() - started < 5
+        finally:
+            for sock in sessions:
+                sock.close()
+
+
 @pytest.mark.parametrize("path", ["/RPC2", "/ows/proxy/emu"])
 def test_a_huge_declared_body_is_answered_before_it_is_sent(tmp_path, backend_url, path):
     """granian hands the request to Twitcher before the body: its own limits answer at once

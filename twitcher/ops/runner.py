@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 #: Seconds a worker has after SIGTERM to finish the requests it is serving.
 DEFAULT_GRACEFUL_TIMEOUT = 30
 DEFAULT_THREADS = 8
+#: Connections a worker keeps open at once, idle keep-alive ones included (granian's backpressure).
+DEFAULT_CONNECTIONS = 1024
 DEFAULT_LISTEN = "127.0.0.1:8000"
 #: Overrides ``listen`` of ``[server:main]`` (containers, tests): ``host:port``.
 LISTEN_VARIABLE = "TWITCHER_LISTEN"
@@ -96,13 +98,14 @@ def prepare_multiproc_dir(metrics_on: bool) -> Optional[str]:
 
 
 def serve_granian(wsgi_app, global_conf, listen: str = DEFAULT_LISTEN, workers=None, threads=None,
-                  graceful_timeout=None, backlog=None, **unknown) -> None:
+                  graceful_timeout=None, backlog=None, connections=None, **unknown) -> None:
     """The ``paste.server_runner`` ``twitcher#granian``: serve the ini's application until SIGTERM.
 
     Keys of ``[server:main]``: ``listen`` (host:port; the environment variable ``TWITCHER_LISTEN``
     overrides it), ``workers`` (default: one per core),
     ``threads`` per worker (default 8), ``graceful_timeout`` (seconds a stopping worker has to
-    finish its requests, default 30), ``backlog`` (default 1024).
+    finish its requests, default 30), ``backlog`` (default 1024), ``connections`` a worker keeps
+    open at once (default 1024).
     """
     if unknown:
         raise ValueError(f"[server:main]: unknown key {sorted(unknown)[0]!r} for egg:twitcher#granian "
@@ -117,6 +120,7 @@ def serve_granian(wsgi_app, global_conf, listen: str = DEFAULT_LISTEN, workers=N
     n_threads = _positive("threads", threads, DEFAULT_THREADS)
     timeout = _positive("graceful_timeout", graceful_timeout, DEFAULT_GRACEFUL_TIMEOUT)
     n_backlog = _positive("backlog", backlog, 1024)
+    n_connections = _positive("connections", connections, DEFAULT_CONNECTIONS)
     ini_path = os.path.abspath(global_conf["__file__"])
 
     settings = getattr(getattr(wsgi_app, "registry", None), "twitcher", None)
@@ -130,8 +134,12 @@ def serve_granian(wsgi_app, global_conf, listen: str = DEFAULT_LISTEN, workers=N
         interface=Interfaces.WSGI,
         workers=n_workers,
         blocking_threads=n_threads,
-        # Requests a worker takes on at once: its threads, and as many waiting for one.
-        backpressure=n_threads * 2,
+        # granian's backpressure counts accepted *connections*, idle keep-alive ones included, not
+        # requests: bounded by the threads, it let a few keep-alive clients (nginx, a portal, the
+        # soak's 64) starve everyone else until their 30 s timeouts. Requests beyond the threads
+        # wait in granian's queue for one; the per-service bound keeps a stuck backend from
+        # holding them all.
+        backpressure=n_connections,
         backlog=n_backlog,
         respawn_failed_workers=True,
         workers_kill_timeout=timeout,
