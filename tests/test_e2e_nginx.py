@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Iterator
+from typing import Iterator, List
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,7 +19,7 @@ from owslib.wps import ASYNC, SYNC, WebProcessingService
 from tests.nginx import error_log, free_port, nginx_binary, serve_nginx
 from tests.pywps_backend import PyWPSBackend
 from tests.servers import LateApp, serve_wsgi
-from tests.test_e2e_proxy import BACKEND_REPORT, RSSSampler, _broken_ows_app, _closed_port, _slow_app
+from tests.test_e2e_proxy import BACKEND_REPORT, RSSSampler, _broken_ows_app, _closed_port
 from twitcher import main
 from twitcher.dataplane.nginxconf import Front, nginx_config
 from twitcher.services import service_from_registration
@@ -73,6 +73,12 @@ def _map_app(environ, start_response):
     return [MAP_BYTES]
 
 
+def _slow_app(environ, start_response):
+    time.sleep(5)  # past the read timeout of these tests (4 s)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"too late"]
+
+
 def _redirect_app(environ, start_response):
     start_response("302 Found", [("Location", BACKEND["url"] + "/outputs/moved.bin"), ("Content-Length", "0")])
     return [b""]
@@ -93,15 +99,40 @@ def backend(tmp_path_factory):
 class Deployment:
     """Twitcher behind nginx: ``url`` is nginx's, ``app_url`` Twitcher's own (for direct requests)."""
 
-    def __init__(self, url: str, app_url: str, store, prefix) -> None:
+    def __init__(self, url: str, app_url: str, store, prefix, exchanges: List[str]) -> None:
         self.url = url
         self.app_url = app_url
         self.store = store
         self.prefix = prefix
+        #: The backend URLs Twitcher itself sent requests to (what nginx carried is not here).
+        self.exchanges = exchanges
 
     @property
     def emu(self) -> str:
         return self.url + "/ows/proxy/emu"
+
+
+OPERATOR_LOCATION = """
+    location /ows/proxy/maps/tiles/ {
+        auth_request /_twitcher/verify;
+        rewrite ^ /map break;
+        proxy_pass http://twitcher_svc_maps;
+        proxy_set_header Authorization "";
+        proxy_set_header Access-Token "";
+    }
+"""
+
+
+def _count_exchanges(upstream) -> List[str]:
+    seen: List[str] = []
+    exchange = upstream.exchange
+
+    def counted(method, url, *args, **kwargs):
+        seen.append(url)
+        return exchange(method, url, *args, **kwargs)
+
+    upstream.exchange = counted
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -121,16 +152,19 @@ def deployment(tmp_path_factory, backend) -> Iterator[Deployment]:
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     raw = {"twitcher.db_url": db_url, "twitcher.password": "nginx-admin-password", "twitcher.url": public,
-           "twitcher.proxy_timeout": "2 2", "twitcher.data_plane": "nginx", "twitcher.front_secret": SECRET}
+           "twitcher.proxy_timeout": "2 4", "twitcher.data_plane": "nginx", "twitcher.front_secret": SECRET}
     late = LateApp()
     with serve_wsgi(late) as app_url:
         late.app = main({}, **raw)
+        exchanges = _count_exchanges(late.app.registry.upstream)
         settings = parse_settings(raw, environ={})
         generated = nginx_config(store.list_services(), settings, Front(f"127.0.0.1:{port}", urlsplit(app_url).netloc))
+        # An operator's own location guarded by auth_request, inside the generated server block.
+        generated = generated.rstrip().removesuffix("}") + OPERATOR_LOCATION + "}\n"
         prefix = work / "nginx"
         try:
             with serve_nginx(NGINX, prefix, generated, port) as url:
-                yield Deployment(url, app_url, store, prefix)
+                yield Deployment(url, app_url, store, prefix, exchanges)
         finally:
             late.app.registry.upstream.close()
             store.close()
@@ -168,12 +202,12 @@ def test_public_capabilities_are_rewritten_by_twitcher(deployment, backend):
 
 def test_getmap_is_carried_by_nginx_and_the_token_never_reaches_the_backend(deployment, backend, token):
     wps, backend_url = backend
-    mark = len(wps.requests)
+    mark, carried = len(wps.requests), len(deployment.exchanges)
     answer = requests.get(deployment.url + "/ows/proxy/maps?service=WMS&request=GetMap&layers=a&access_token="
                           + token, headers={"Referer": f"http://portal/?access_token={token}"}, timeout=TIMEOUT)
     assert answer.status_code == 200
     assert answer.content == MAP_BYTES
-    assert answer.headers["Server"] == "nginx"  # nginx carried it (no Twitcher in between)
+    assert deployment.exchanges[carried:] == []  # nginx carried it, not Twitcher
     assert "X-Twitcher-Target" not in answer.headers and "X-Accel-Redirect" not in answer.headers
     assert "Link" not in answer.headers  # it named the backend
     assert answer.headers["Cache-Control"] == "private"  # protected: never "public"
@@ -222,7 +256,7 @@ def test_execute_without_token_is_refused(deployment, backend):
 
 def test_post_execute_with_raw_output_is_handed_to_nginx_as_a_post(deployment, backend, token):
     wps, _ = backend
-    mark = len(wps.requests)
+    mark, carried = len(wps.requests), len(deployment.exchanges)
     answer = requests.post(deployment.emu, data=POST_RAW_EXECUTE, timeout=TIMEOUT,
                            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/xml"})
     assert answer.status_code == 200, answer.text
@@ -230,13 +264,16 @@ def test_post_execute_with_raw_output_is_handed_to_nginx_as_a_post(deployment, b
     seen = wps.requests[mark:]
     assert [(r.method, r.path) for r in seen] == [("POST", "/wps")]
     assert seen[0].body == POST_RAW_EXECUTE
+    assert deployment.exchanges[carried:] == []
     assert "Authorization" not in seen[0].headers
 
 
 def test_post_execute_document_stays_with_twitcher(deployment, token):
+    carried = len(deployment.exchanges)
     execution = _wps(deployment.emu, headers={"Access-Token": token}).execute("hello", [("name", "post")], mode=SYNC)
     assert execution.isSucceded(), execution.errors
     assert execution.processOutputs[0].data == ["Hello post"]
+    assert len(deployment.exchanges) == carried + 1  # an ExecuteResponse: Twitcher rewrites it
 
 
 def test_async_execute_is_polled_to_completion(deployment, token):
@@ -265,15 +302,16 @@ def test_large_output_through_nginx_streams_with_matching_hash(deployment, token
     assert reference.startswith(deployment.emu + "/outputs/")
     assert requests.get(reference, timeout=TIMEOUT).status_code == 401
     digest, size = hashlib.sha256(), 0
+    carried = len(deployment.exchanges)
     with RSSSampler() as memory:
         with requests.get(reference, params={"access_token": token}, stream=True, timeout=TIMEOUT) as answer:
             assert answer.status_code == 200
-            assert answer.headers["Server"] == "nginx"
             for chunk in answer.iter_content(1 << 16):
                 digest.update(chunk)
                 size += len(chunk)
     assert size == LARGE_MB << 20
     assert digest.hexdigest() == expected
+    assert deployment.exchanges[carried:] == []
     assert (max(memory.samples) - memory.samples[0]) / 2**20 < MAX_RSS_GROWTH_MB
 
 
@@ -370,3 +408,28 @@ def test_verify_answers_the_upstream_url_without_the_token(deployment, token, ba
                                                       "X-Original-URI": uri.replace(token, "x" * 43)})
     assert answer.status_code == 401
     assert _report(answer).get("locator") == "access_token"
+
+
+def test_operator_location_guarded_by_auth_request(deployment, token, backend):
+    wps, _ = backend
+    url = deployment.url + "/ows/proxy/maps/tiles/1/2/3.png"
+    mark = len(wps.requests)
+    assert requests.get(url, timeout=TIMEOUT).status_code == 401
+    assert requests.get(url, params={"access_token": "x" * 43}, timeout=TIMEOUT).status_code == 401
+    assert requests.delete(url, headers={"Access-Token": token}, timeout=TIMEOUT).status_code == 403
+    assert wps.requests[mark:] == []
+    answer = requests.get(url, headers={"Access-Token": token}, timeout=TIMEOUT)
+    assert answer.status_code == 200 and answer.content == MAP_BYTES
+    assert "Access-Token" not in wps.requests[-1].headers
+
+
+def test_service_registered_after_the_configuration_works_through_twitcher(deployment, backend, token):
+    """nginx has no location for it: the hand-off comes back to Twitcher, which forwards it itself."""
+    deployment.store.save_service(service_from_registration(backend[1] + "/map", {"name": "late", "type": "wms"}))
+    carried = len(deployment.exchanges)
+    answer = requests.get(deployment.url + "/ows/proxy/late?service=WMS&request=GetMap",
+                          headers={"Access-Token": token}, timeout=TIMEOUT)
+    assert answer.status_code == 200 and answer.content == MAP_BYTES
+    assert deployment.exchanges[carried:] == [backend[1] + "/map?service=WMS&request=GetMap"]
+    assert answer.headers["Link"] == f'<{deployment.url}/ows/proxy/late?legend>; rel="legend"'
+    assert answer.headers["Cache-Control"].startswith("private")

@@ -134,6 +134,19 @@ def _service_maps(index: int, service: Service, settings: TwitcherSettings) -> L
         f"    {_quote('~*^[a-z][a-z0-9+.-]*://' + _regex(parts.netloc) + '([/?#]|$)')} \"\";",
         '    "~^/" "";',
         "}",
+        f"map $upstream_http_content_location $twitcher_content_location_{index} {{",
+        "    default $upstream_http_content_location;",
+        f"    {_quote('~*^' + _regex(directory) + '(?<twitcher_crest_' + str(index) + '>.*)$')} "
+        f"{_quote(_proxy_url(service, settings) + '/$twitcher_crest_' + str(index))};",
+        f"    {_quote('~*^[a-z][a-z0-9+.-]*://' + _regex(parts.netloc) + '([/?#]|$)')} \"\";",
+        '    "~^/" "";',
+        "}",
+        f"# {service.name}: a Link header that names the backend (or its origin's paths) is dropped",
+        f"map $upstream_http_link $twitcher_link_{index} {{",
+        "    default $upstream_http_link;",
+        f"    {_quote('~*://' + _regex(parts.netloc) + '([/?#>]|$)')} \"\";",
+        '    "~<\\s*/" "";',
+        "}",
     ]
 
 
@@ -227,6 +240,8 @@ def _data_location(index: int, service: Service, settings: TwitcherSettings) -> 
         "    proxy_hide_header Cache-Control;",
         "    proxy_hide_header Vary;",
         f"    add_header Location $twitcher_location_{index} always;",
+        f"    add_header Content-Location $twitcher_content_location_{index} always;",
+        f"    add_header Link $twitcher_link_{index} always;",
         "    add_header Cache-Control $twitcher_cache_control always;",
         "    add_header Vary $twitcher_vary always;",
         f"    sub_filter {_quote(_directory(service))} {_quote(_proxy_url(service, settings) + '/')};",
@@ -312,7 +327,8 @@ def nginx_config(services: Sequence[Service], settings: TwitcherSettings, front:
         "proxy_set_header X-Original-Method $request_method;",
         "proxy_set_header X-Original-URI $request_uri;",
     ]
-    server += ["", f"# auth_request: {prefix}/verify/<name>[/<extra>], or {VERIFY_LOCATION} for {prefix}/proxy/... URIs."]
+    server += ["", f"# auth_request: {prefix}/verify/<name>[/<extra>], or {VERIFY_LOCATION} for "
+               f"{prefix}/proxy/... URIs."]
     server += [f"location {prefix}/verify/ {{", "    internal;", "    proxy_pass http://twitcher_app;"]
     server += _indent(app_headers + verify_headers) + ["}"]
     server += [f"location = {VERIFY_LOCATION} {{", "    internal;",
