@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import ADMIN_PASSWORD
 from tests.nginx import check_config, nginx_binary, write_config
 from twitcher.client import main as twitcherctl
-from twitcher.dataplane.accel import data_location, is_data_path, service_key
+from twitcher.dataplane.accel import _ogcapi_data, data_location, is_data_path, service_key
 from twitcher.dataplane.front import from_front
 from twitcher.dataplane.nginxconf import Front, nginx_config
 from twitcher.exceptions import ConfigurationError
@@ -71,6 +71,17 @@ def test_from_front(settings, environ, expected):
 ])
 def test_which_files_are_data(path, data):
     assert is_data_path(path) is data
+
+
+@pytest.mark.parametrize(("extra_path", "query", "data"), [
+    ("collections/dem/coverage", "", True), ("collections/dem/coverage", "f=json", False),
+    ("collections/world/map", "f=png", True), ("collections/world/map", "f=html", False),
+    ("collections/x/tiles/WebMercatorQuad/3/2/1", "", True), ("collections/x/tiles/WebMercatorQuad", "", False),
+    ("collections/x/items", "", False), ("collections/x/items/1", "", False), ("jobs/1/results/out.tif", "", True),
+    ("processes", "", False), ("", "", False), (None, "", False),
+])
+def test_which_ogcapi_answers_are_data(extra_path, query, data):
+    assert _ogcapi_data(extra_path, query) is data
 
 
 def test_a_changed_service_gets_a_new_data_location():

@@ -35,6 +35,8 @@ OWS = "{http://www.opengis.net/ows/1.1}"
 WPS = "{http://www.opengis.net/wps/1.0.0}"
 SECRET = "front-secret-for-the-nginx-tests"
 LARGE_MB = 200
+#: twitcher.max_request_body of these tests (nginx's client_max_body_size).
+LIMIT = 64 * 1024
 MAX_RSS_GROWTH_MB = 96
 MAP_BYTES = bytes(range(256)) * 4096  # 1 MiB "image"
 POST_RAW_EXECUTE = b"""<?xml version="1.0" encoding="UTF-8"?>
@@ -152,7 +154,8 @@ def deployment(tmp_path_factory, backend) -> Iterator[Deployment]:
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     raw = {"twitcher.db_url": db_url, "twitcher.password": "nginx-admin-password", "twitcher.url": public,
-           "twitcher.proxy_timeout": "2 4", "twitcher.data_plane": "nginx", "twitcher.front_secret": SECRET}
+           "twitcher.proxy_timeout": "2 4", "twitcher.max_request_body": str(LIMIT),
+           "twitcher.data_plane": "nginx", "twitcher.front_secret": SECRET}
     late = LateApp()
     with serve_wsgi(late) as app_url:
         late.app = main({}, **raw)
@@ -433,3 +436,19 @@ def test_service_registered_after_the_configuration_works_through_twitcher(deplo
     assert deployment.exchanges[carried:] == [backend[1] + "/map?service=WMS&request=GetMap"]
     assert answer.headers["Link"] == f'<{deployment.url}/ows/proxy/late?legend>; rel="legend"'
     assert answer.headers["Cache-Control"].startswith("private")
+
+
+def test_head_of_a_map_is_carried_by_nginx_without_a_body(deployment, token):
+    carried = len(deployment.exchanges)
+    answer = requests.head(deployment.url + "/ows/proxy/maps?service=WMS&request=GetMap",
+                           headers={"Access-Token": token}, timeout=TIMEOUT)
+    assert answer.status_code == 200 and answer.content == b""
+    assert answer.headers["Content-Length"] == str(len(MAP_BYTES))
+    assert deployment.exchanges[carried:] == []
+
+
+def test_body_over_the_limit_is_refused_by_nginx_as_twitcher_words_it(deployment, token):
+    answer = requests.post(deployment.emu, data=b"<x/>" * (LIMIT // 4 + 1), timeout=TIMEOUT,
+                           headers={"Access-Token": token, "Content-Type": "text/xml"})
+    assert answer.status_code == 413
+    assert _report(answer).findtext(f"{OWS}ExceptionText") == f"The request body is larger than {LIMIT} bytes."

@@ -321,7 +321,7 @@ def _registration(args: argparse.Namespace) -> Dict[str, Any]:
     return data
 
 
-def _ini_settings(path: Optional[str]) -> Dict[str, str]:
+def ini_settings(path: Optional[str]) -> Dict[str, str]:
     """The ``twitcher.*`` keys of an ini file's ``[app:main]`` section (none without a file)."""
     if not path:
         return {}
@@ -344,7 +344,7 @@ def nginx_config_text(args: argparse.Namespace, admin: Admin) -> str:
     from .services import service_from_record
     from .settings import parse_settings
 
-    raw = {**_ini_settings(args.ini), "twitcher.rpcinterface": "false"}
+    raw = {**ini_settings(args.ini), "twitcher.rpcinterface": "false"}
     try:
         settings = parse_settings(raw)
     except ConfigurationError as exc:
