@@ -452,3 +452,16 @@ def test_body_over_the_limit_is_refused_by_nginx_as_twitcher_words_it(deployment
                            headers={"Access-Token": token, "Content-Type": "text/xml"})
     assert answer.status_code == 413
     assert _report(answer).findtext(f"{OWS}ExceptionText") == f"The request body is larger than {LIMIT} bytes."
+
+
+def test_post_to_a_service_registered_after_the_configuration_keeps_its_body(deployment, backend, token):
+    """The fallback sends the POST back to Twitcher with its method and body (nginx kept it)."""
+    wps, backend_url = backend
+    deployment.store.save_service(service_from_registration(backend_url + "/wps", {"name": "late-wps"}))
+    carried, mark = len(deployment.exchanges), len(wps.requests)
+    answer = requests.post(deployment.url + "/ows/proxy/late-wps", data=POST_RAW_EXECUTE, timeout=TIMEOUT,
+                           headers={"Authorization": f"Bearer {token}", "Content-Type": "text/xml"})
+    assert answer.status_code == 200, answer.text
+    assert answer.text == "Hello raw"
+    assert deployment.exchanges[carried:] == [backend_url + "/wps"]
+    assert [(r.method, r.body) for r in wps.requests[mark:]] == [("POST", POST_RAW_EXECUTE)]
