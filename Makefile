@@ -23,7 +23,15 @@ install: $(VENV)/.installed ## create .venv and install Twitcher with its test, 
 start: install ## run Twitcher on http://localhost:8000 with the embedded SQLite store
 	$(BIN)/pserve $(INI)
 
-test: install ## run the linter and the whole test suite
+# Debian's nginx for the data-plane tests and benchmark, when missing and we are root (as wrk);
+# RUNLEVEL=1 keeps the package from starting a system nginx on port 80.
+NGINX_INSTALL = command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || [ "$$(id -u)" != 0 ] \
+	|| RUNLEVEL=1 apt-get install -y -qq nginx >/dev/null \
+	|| (apt-get update -qq && RUNLEVEL=1 apt-get install -y -qq nginx >/dev/null) \
+	|| echo "nginx could not be installed: the nginx tests are skipped"
+
+test: install ## run the linter and the whole test suite (installs nginx when missing and root)
+	@$(NGINX_INSTALL)
 	$(BIN)/ruff check twitcher tests bench fuzz
 	$(BIN)/pytest
 
@@ -34,8 +42,9 @@ lint: install ## check the code with ruff
 docs: install ## build the Sphinx documentation, warnings as errors
 	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
-bench: install ## benchmark pserve production.ini against the direct backend on 127.0.0.1, then signed-token checks; needs wrk (BENCH_ARGS="--profile 8": py-spy)
+bench: install ## benchmark pserve production.ini (Python and nginx data planes) against the direct backend on 127.0.0.1, then signed-token checks; needs wrk and nginx (BENCH_ARGS="--profile 8": py-spy)
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -qq wrk
+	@$(NGINX_INSTALL)
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/signed_tokens.py

@@ -5,7 +5,8 @@ It answers what a WPS 1.0.0 server answers, cheaply enough that the numbers meas
 - ``GetCapabilities`` (GET or POST): a ~20 KB document whose operation URLs point at the backend
   itself, so that Twitcher has to rewrite them;
 - ``Execute`` (GET or POST): a ~1 KB ``ExecuteResponse`` whose ``statusLocation`` and output
-  ``Reference`` point at the backend too;
+  ``Reference`` point at the backend too; with ``RawDataOutput`` in the query, the output itself;
+- ``GetMap`` at ``/wms``: 64 KiB of binary bytes as ``image/png``, a map as WMS servers answer it;
 - ``/outputs/<N>mb.bin`` (beside the endpoint, like PyWPS outputs): N MB of deterministic bytes,
   streamed in 1 MB blocks, with a known SHA-256 (:func:`expected_sha256`) so a client can check what a proxy delivered;
 - anything else: an OWS ``ExceptionReport`` with a 4xx status.
@@ -30,6 +31,10 @@ CAPABILITIES_PROCESSES = 62
 BLOCK_SIZE = 1024 * 1024
 #: The largest file the backend serves, to keep a typo from streaming for hours.
 MAX_FILE_MB = 4096
+#: The answer to an Execute that asks for its output raw (``RawDataOutput``): the output itself.
+RAW_OUTPUT = b"twitcher benchmark\n"
+#: Bytes of a GetMap answer.
+MAP_SIZE = 64 * 1024
 #: Largest POST body the backend reads.
 MAX_BODY = 1024 * 1024
 
@@ -192,8 +197,14 @@ def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
     request = _request_type(environ)
     if request == "getcapabilities":
         return _xml(start_response, "200 OK", capabilities(_base_url(environ)))
+    if request == "execute" and "rawdataoutput=" in environ.get("QUERY_STRING", "").lower():
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(RAW_OUTPUT)))])
+        return [RAW_OUTPUT]
     if request == "execute":
         return _xml(start_response, "200 OK", execute_response(_base_url(environ)))
+    if request == "getmap" and path.endswith("/wms"):
+        start_response("200 OK", [("Content-Type", "image/png"), ("Content-Length", str(MAP_SIZE))])
+        return [file_block()[:MAP_SIZE]]
     if not request:
         return _xml(start_response, "400 Bad Request",
                     exception_report("MissingParameterValue", "the request parameter is missing", "request"))

@@ -11,6 +11,13 @@ TOKEN_COST_TOLERANCE = 1.5
 DOWNLOAD_TARGET = 0.6
 #: Twitcher with metrics and access log on keeps at least this share of its rate with both off.
 OPS_TARGET = 0.95
+#: The nginx data plane's download keeps at least this share of a plain nginx proxy_pass's MB/s.
+NGINX_DOWNLOAD_TARGET = 0.9
+#: Twitcher's CPU (all workers) for one download carried by nginx, in ms.
+NGINX_DOWNLOAD_CPU_MS = 5.0
+#: Capabilities, rewritten by Twitcher in both planes: the nginx plane keeps this share of the
+#: Python plane's rate ("no slower"; 5 % for the noise of two runs on a shared machine).
+NGINX_CAPS_TARGET = 0.95
 
 
 def verdict(ok: Optional[bool]) -> str:
@@ -43,6 +50,7 @@ def evaluate(results: dict) -> List[dict]:
     if dl.get("ops_ratio") is not None:
         checks.append({"target": f"download, metrics + access log on / off >= {OPS_TARGET}",
                        "value": dl["ops_ratio"], "ok": dl["ops_ratio"] >= OPS_TARGET and dl["twitcher_ops_sha256_ok"]})
+    checks += _nginx_checks(results)
     tokens = results["tokens"]
     if len(tokens) >= 2:
         ratio = tokens[-1]["median_us"] / tokens[0]["median_us"]
@@ -50,6 +58,72 @@ def evaluate(results: dict) -> List[dict]:
                                  f"{TOKEN_COST_TOLERANCE}x of {tokens[0]['size']:,}",
                        "value": ratio, "ok": ratio <= TOKEN_COST_TOLERANCE})
     return checks
+
+
+def _nginx_checks(results: dict) -> List[dict]:
+    """The targets of the nginx data plane (issue 14), when it was measured."""
+    checks: List[dict] = []
+    for scenario in SCENARIOS:
+        rows = results["requests"].get(scenario.key, {})
+        if scenario.nginx_target is not None and "nginx_ratio" in rows:
+            checks.append({"target": f"{scenario.label}, nginx plane / direct >= {scenario.nginx_target}",
+                           "value": rows["nginx_ratio"], "ok": rows["nginx_ratio"] >= scenario.nginx_target})
+    caps = results["requests"].get("getcaps", {})
+    if "nginx_vs_python" in caps:
+        checks.append({"target": f"GetCapabilities, nginx plane / Python plane >= {NGINX_CAPS_TARGET}",
+                       "value": caps["nginx_vs_python"], "ok": caps["nginx_vs_python"] >= NGINX_CAPS_TARGET})
+    dl = results["download"]
+    if "nginx_vs_plain" in dl:
+        checks.append({"target": f"{dl['size_mb']} MB download, nginx plane / plain nginx >= {NGINX_DOWNLOAD_TARGET}",
+                       "value": dl["nginx_vs_plain"],
+                       "ok": dl["nginx_vs_plain"] >= NGINX_DOWNLOAD_TARGET and dl["twitcher_nginx_sha256_ok"]})
+        cpu = dl.get("twitcher_nginx_cpu_ms_per_download", download_cpu_ms(dl, "twitcher_nginx"))
+        checks.append({"target": f"{dl['size_mb']} MB download, nginx plane: Twitcher CPU ms "
+                                 f"< {NGINX_DOWNLOAD_CPU_MS:g}", "value": cpu, "ok": cpu < NGINX_DOWNLOAD_CPU_MS})
+    return checks
+
+
+def download_cpu_ms(dl: dict, target: str) -> float:
+    """The CPU ms a target's workers spent on one whole download (measured per 100 MB)."""
+    return dl[f"{target}_cpu_ms_per_100mb"] * dl["size_mb"] * 1.048576 / 100
+
+
+def nginx_markdown(results: dict) -> List[str]:
+    """The nginx data plane beside the Python plane and direct (and plain nginx for the download)."""
+    if not any("twitcher_nginx" in results["requests"].get(s.key, {}) for s in SCENARIOS):
+        return []
+    lines = ["", "| request | direct req/s | Python plane req/s | nginx plane req/s | nginx / direct "
+             "| nginx / Python | nginx plane p50 / p90 / p99 ms | CPU ms/req: Twitcher, nginx |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for scenario in SCENARIOS:
+        rows = results["requests"].get(scenario.key, {})
+        if "twitcher_nginx" not in rows:
+            continue
+        row = rows["twitcher_nginx"]
+        cpu = row["cpu_ms_per_request"]
+        python = f"{rows['twitcher']['rps']:.0f}" if "twitcher" in rows else "-"
+        versus = f"{rows['nginx_vs_python']:.2f}" if "nginx_vs_python" in rows else "-"
+        lines.append(f"| {scenario.label} | {rows['direct']['rps']:.0f} | {python} | {row['rps']:.0f} | "
+                     f"{rows['nginx_ratio']:.2f} | {versus} | {row['p50_ms']:.1f} / {row['p90_ms']:.1f} / "
+                     f"{row['p99_ms']:.1f} | {cpu.get('twitcher_nginx', 0):.2f}, {cpu.get('nginx', 0):.2f} |")
+    dl = results["download"]
+    if "twitcher_nginx_mb_s" in dl:
+        lines += ["", "| download | MB/s | / direct | / plain nginx | CPU ms per download | sha256 |",
+                  "|---|---:|---:|---:|---:|---|",
+                  f"| {dl['size_mb']} MB direct | {dl['direct_mb_s']:.0f} | 1.00 | - | - | ok |"]
+        if "nginx_plain_mb_s" in dl:
+            lines.append(f"| {dl['size_mb']} MB, plain nginx proxy_pass | {dl['nginx_plain_mb_s']:.0f} | "
+                         f"{dl['plain_ratio']:.2f} | 1.00 | nginx {download_cpu_ms(dl, 'nginx_plain'):.0f} | "
+                         f"{'ok' if dl['nginx_plain_sha256_ok'] else 'WRONG'} |")
+        if "twitcher_mb_s" in dl:
+            lines.append(f"| {dl['size_mb']} MB, Python plane | {dl['twitcher_mb_s']:.0f} | {dl['ratio']:.2f} | "
+                         f"- | Twitcher {download_cpu_ms(dl, 'twitcher'):.0f} | "
+                         f"{'ok' if dl['twitcher_sha256_ok'] else 'WRONG'} |")
+        lines.append(f"| {dl['size_mb']} MB, nginx plane | {dl['twitcher_nginx_mb_s']:.0f} | {dl['nginx_ratio']:.2f} | "
+                     f"{dl.get('nginx_vs_plain', 0):.2f} | Twitcher "
+                     f"{dl.get('twitcher_nginx_cpu_ms_per_download', download_cpu_ms(dl, 'twitcher_nginx')):.1f} | "
+                     f"{'ok' if dl['twitcher_nginx_sha256_ok'] else 'WRONG'} |")
+    return lines
 
 
 def markdown(results: dict) -> str:
@@ -99,6 +173,7 @@ def markdown(results: dict) -> str:
                      f"{dl['twitcher_ops_mb_s']:.0f} | {dl['twitcher_ops_mb_s'] / dl['direct_mb_s']:.2f} | "
                      f"{dl['twitcher_ops_peak_rss_growth_mb']:.1f} MB | {dl['twitcher_ops_cpu_ms_per_100mb']:.0f} | "
                      f"{'ok' if dl['twitcher_ops_sha256_ok'] else 'WRONG'} |")
+    lines += nginx_markdown(results)
     lines += ["", "| tokens in the store | fill s | fetch_token + check_token median µs | p99 µs |",
               "|---:|---:|---:|---:|"]
     for row in results["tokens"]:

@@ -31,9 +31,20 @@ if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the repo
 
 from bench.backend import expected_sha256  # noqa: E402
 from bench.load import RssWatch, cpu_seconds, download, median_result, run_wrk  # noqa: E402
+from bench.nginx import INSTALL_HINT as NGINX_INSTALL_HINT  # noqa: E402
+from bench.nginx import check_config, nginx_binary, nginx_command, write_config  # noqa: E402
 from bench.profile import profile_markdown, profile_twitcher  # noqa: E402
 from bench.report import evaluate, markdown, rst_tables  # noqa: E402
-from bench.scenarios import POST_EXECUTE, SCENARIOS, SERVICE_NAME, Targets, probe, request_for  # noqa: E402
+from bench.scenarios import (  # noqa: E402
+    NGINX_TARGETS,
+    POST_EXECUTE,
+    SCENARIOS,
+    SERVICE_NAME,
+    WMS_SERVICE_NAME,
+    Targets,
+    probe,
+    request_for,
+)
 from bench.servers import (  # noqa: E402
     ROOT,
     Server,
@@ -46,8 +57,11 @@ from bench.servers import (  # noqa: E402
     uwsgi_command,
 )
 from bench.tokens import token_check_cost  # noqa: E402
+from twitcher.client import ini_settings  # noqa: E402
+from twitcher.dataplane.nginxconf import DATA_BUFFER, Front, nginx_config  # noqa: E402
 from twitcher.ops.runner import default_workers  # noqa: E402
 from twitcher.services import service_from_registration  # noqa: E402
+from twitcher.settings import parse_settings  # noqa: E402
 from twitcher.store import open_store  # noqa: E402
 from twitcher.tokens import new_token  # noqa: E402
 
@@ -59,6 +73,13 @@ WRK_INSTALL_HINT = "wrk is not installed: `sudo apt-get install -y wrk` (Debian/
 
 #: Twitcher with metrics and the access log on keeps at least this share of its rate with both off.
 OPS_TOLERANCE = 0.95
+#: Downloads through the nginx data plane over which Twitcher's CPU per download is measured.
+CPU_DOWNLOADS = 20
+#: The ratios computed per round: name, (target measured, target it is divided by).
+REQUEST_RATIOS = (("ratio", ("twitcher", "direct")), ("ops_ratio", ("twitcher_ops", "twitcher")),
+                  ("nginx_ratio", ("twitcher_nginx", "direct")), ("nginx_vs_python", ("twitcher_nginx", "twitcher")))
+DOWNLOAD_RATIOS = REQUEST_RATIOS + (("plain_ratio", ("nginx_plain", "direct")),
+                                    ("nginx_vs_plain", ("twitcher_nginx", "nginx_plain")))
 
 
 def _orders(names: List[str], rnd: int) -> List[str]:
@@ -85,7 +106,8 @@ def measure_requests(targets: Targets, args: argparse.Namespace, bases: Dict[str
                 result = run_wrk(url, scenario.method, headers, body, duration, args.connections, args.threads)
                 result["cpu_ms_per_request"] = {
                     who: 1000 * (cpu_seconds(pids) - cpu_before[who]) / max(result["requests"], 1)
-                    for who, pids in workers.items() if who in ("backend", target)}
+                    for who, pids in workers.items()
+                    if who in ("backend", target) or (who == "nginx" and target in NGINX_TARGETS)}
                 if rnd >= 0:
                     runs[scenario.key][target].append(result)
                     print(f"  round {rnd + 1} {scenario.key:13s} {target:12s} {result['rps']:9.0f} req/s", flush=True)
@@ -93,7 +115,7 @@ def measure_requests(targets: Targets, args: argparse.Namespace, bases: Dict[str
     for key, per_target in runs.items():
         # Each round pairs runs made seconds apart: the median of their ratios is less shaken by
         # a busy machine than the ratio of two medians.
-        for name, (top, bottom) in (("ratio", ("twitcher", "direct")), ("ops_ratio", ("twitcher_ops", "twitcher"))):
+        for name, (top, bottom) in REQUEST_RATIOS:
             if top in per_target and bottom in per_target:
                 ratios = [t["rps"] / d["rps"] for d, t in zip(per_target[bottom], per_target[top])]
                 results[key][name] = statistics.median(ratios)
@@ -114,7 +136,8 @@ def measure_download(targets: Targets, args: argparse.Namespace, bases: Dict[str
     cpu_ms: Dict[str, List[float]] = {t: [] for t in proxies}  # worker CPU per 100 MB delivered
 
     def url_of(target: str) -> str:
-        return targets.file_base(target) + path + ("" if target == "direct" else f"?access_token={targets.token}")
+        unprotected = target in ("direct", "nginx_plain")
+        return targets.file_base(target) + path + ("" if unprotected else f"?access_token={targets.token}")
 
     for rnd in range(args.rounds):
         for target in _orders(list(bases), rnd):
@@ -134,9 +157,17 @@ def measure_download(targets: Targets, args: argparse.Namespace, bases: Dict[str
         result[f"{target}_sha256_ok"] = digest == expected
         result[f"{target}_mb_s"] = round(statistics.median(speeds[target]), 1)
         result[f"{target}_rounds_mb_s"] = [round(s, 1) for s in speeds[target]]
-    for name, (top, bottom) in (("ratio", ("twitcher", "direct")), ("ops_ratio", ("twitcher_ops", "twitcher"))):
+    for name, (top, bottom) in DOWNLOAD_RATIOS:
         if top in speeds and bottom in speeds:
             result[name] = statistics.median(t / d for d, t in zip(speeds[bottom], speeds[top]))
+    if "twitcher_nginx" in bases:
+        # Twitcher's CPU for a download nginx carries is a decision, under the 10 ms tick of
+        # /proc/<pid>/stat: measured over many downloads, and divided.
+        before = cpu_seconds(workers["twitcher_nginx"])
+        for _ in range(CPU_DOWNLOADS):
+            download(url_of("twitcher_nginx"), verify=False)
+        result["twitcher_nginx_cpu_ms_per_download"] = round(
+            1000 * (cpu_seconds(workers["twitcher_nginx"]) - before) / CPU_DOWNLOADS, 2)
     for target in proxies:
         result[f"{target}_cpu_ms_per_100mb"] = round(statistics.median(cpu_ms[target]), 1)
         result[f"{target}_peak_rss_growth_mb"] = round(watches[target].growth_kib / 1024, 1)
@@ -164,7 +195,8 @@ def start_twitcher(name: str, args: argparse.Namespace, workdir: Path, env: Dict
            "TWITCHER_WPS": "false", **extra_env}
     if args.twitcher_server == "pserve":
         port = free_port()
-        env.update(TWITCHER_LISTEN=f"127.0.0.1:{port}", TWITCHER_URL=f"http://127.0.0.1:{port}")
+        env["TWITCHER_LISTEN"] = f"127.0.0.1:{port}"
+        env.setdefault("TWITCHER_URL", f"http://127.0.0.1:{port}")  # behind nginx: nginx's URL
         server = Server(name, pserve_command(ROOT / "production.ini"), workdir, env, port=port,
                         worker_marker="spawn_main")
         return server, default_workers()
@@ -181,6 +213,33 @@ def start_twitcher(name: str, args: argparse.Namespace, workdir: Path, env: Dict
             "--workers", str(n), "--worker-class", args.twitcher_worker_class, "--threads", str(args.twitcher_threads),
             "twitcher.wsgi:application"]
     return Server(name, command, workdir, env, sock=sock), n
+
+
+#: nginx worker processes in the benchmark (Debian's default is one per core: "auto").
+NGINX_WORKERS = os.cpu_count() or 1
+
+
+def start_nginx(binary: str, workdir: Path, env: Dict[str, str], services, secret: str, port: int,
+                plain_port: int, app_port: int, backend_port: int) -> Server:
+    """nginx with the generated configuration (``twitcherctl nginx-config``, from production.ini's
+    settings) on ``port``, and a plain ``proxy_pass`` to the backend on ``plain_port``."""
+    settings = parse_settings({**ini_settings(str(ROOT / "production.ini")), "twitcher.rpcinterface": "false",
+                               "twitcher.url": f"http://127.0.0.1:{port}", "twitcher.front_secret": secret},
+                              environ={})
+    generated = nginx_config(services, settings, Front(f"127.0.0.1:{port}", f"127.0.0.1:{app_port}"))
+    # The yardstick: nginx alone in front of the backend, buffered as the data locations are.
+    plain = (f"upstream bench_backend {{\n    server 127.0.0.1:{backend_port};\n    keepalive 16;\n}}\n"
+             f"server {{\n    listen 127.0.0.1:{plain_port};\n    location / {{\n"
+             "        proxy_pass http://bench_backend;\n        proxy_http_version 1.1;\n"
+             '        proxy_set_header Connection "";\n        proxy_buffering off;\n'
+             f"        proxy_buffer_size {DATA_BUFFER};\n        proxy_buffers 4 {DATA_BUFFER};\n"
+             f"        proxy_busy_buffers_size {DATA_BUFFER};\n    }}\n}}\n")
+    prefix = workdir / "nginx"
+    write_config(prefix, generated + "\n" + plain, workers=str(NGINX_WORKERS), access_log=False)
+    checked = check_config(binary, prefix)
+    if checked.returncode != 0:
+        raise RuntimeError(f"nginx -t refused the generated configuration: {checked.stderr}")
+    return Server("nginx", nginx_command(binary, prefix), workdir, env, port=port)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -201,6 +260,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              "(the uwsgi extra) or gunicorn with --twitcher-workers and --twitcher-threads")
     parser.add_argument("--no-ops", action="store_true",
                         help="skip the second Twitcher with metrics and the access log on")
+    parser.add_argument("--no-nginx", action="store_true",
+                        help="skip the nginx data plane and the plain nginx (measured when nginx is installed)")
     parser.add_argument("--twitcher-worker-class", default="gthread",
                         help="gunicorn worker class of Twitcher: gthread (default) or sync; not gevent, which "
                              "libcurl's blocking exchange would stall")
@@ -238,6 +299,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         direct = backend.base_url + "/wps"
         store = open_store(db_url)
         store.save_service(service_from_registration(direct, {"name": SERVICE_NAME}))
+        store.save_service(service_from_registration(backend.base_url + "/wms", {"name": WMS_SERVICE_NAME,
+                                                                                 "type": "wms"}))
+        services = store.list_services()
         token, record = new_token(2)
         store.save_token(record)
         store.close()
@@ -249,17 +313,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # The same server with metrics and the access log on (written to its log file).
             servers["twitcher_ops"] = start_twitcher("twitcher_ops", args, workdir, env, db_url,
                                                      {"TWITCHER_METRICS": "true", "TWITCHER_ACCESS_LOG": "true"})
+        nginx = None if args.no_nginx else nginx_binary()
+        if nginx is None and not args.no_nginx:
+            print(f"{NGINX_INSTALL_HINT}; the nginx data plane is not measured", flush=True)
+        if nginx:
+            # The same server in the nginx data plane, behind the configuration twitcherctl writes.
+            nginx_port, plain_port, secret = free_port(), free_port(), secrets.token_urlsafe(24)
+            servers["twitcher_nginx"] = start_twitcher(
+                "twitcher_nginx", args, workdir, env, db_url,
+                {"TWITCHER_DATA_PLANE": "nginx", "TWITCHER_FRONT_SECRET": secret,
+                 "TWITCHER_URL": f"http://127.0.0.1:{nginx_port}"})
         for server, _ in servers.values():
             stack.callback(server.stop)
         proxy_of = {name: f"{server.base_url}/ows/proxy/{SERVICE_NAME}" for name, (server, _) in servers.items()}
         targets = Targets(direct=direct, proxy=proxy_of["twitcher"], token=token, body_file=body_file,
                           ops_proxy=proxy_of.get("twitcher_ops"))
+        if nginx:
+            front = start_nginx(nginx, workdir, env, services, secret, nginx_port, plain_port,
+                                servers["twitcher_nginx"][0].port, backend.port)
+            stack.callback(front.stop)
+            targets.nginx_proxy = f"{front.base_url}/ows/proxy/{SERVICE_NAME}"
+            targets.plain_nginx = f"http://127.0.0.1:{plain_port}/wps"
         backend.wait_until_serving()
         workers = {"backend": backend.workers(args.workers)}
         for name, (server, expected) in servers.items():
             server.wait_until_serving()
             workers[name] = server.workers(expected)
             print(f"{name} {server.base_url} (pid {server.proc.pid}, workers {workers[name]})", flush=True)
+        if nginx:
+            front.wait_until_serving()
+            workers["nginx"] = workers["nginx_plain"] = front.workers(NGINX_WORKERS)
+            print(f"nginx {front.base_url} and plain {targets.plain_nginx} (pid {front.proc.pid}, "
+                  f"workers {workers['nginx']})", flush=True)
         print(f"backend {backend.base_url} (pid {backend.proc.pid}); logs in {workdir}", flush=True)
 
         problems = [p for s in SCENARIOS if (p := probe(s, targets, targets.direct, s.direct_status))]
@@ -278,7 +363,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("requests (wrk):", flush=True)
         results["requests"] = measure_requests(targets, args, bases, workers)
         print(f"download ({args.download_mb} MB):", flush=True)
-        results["download"] = measure_download(targets, args, bases, workers)
+        download_bases = {**bases, "nginx_plain": targets.plain_nginx} if targets.plain_nginx else bases
+        results["download"] = measure_download(targets, args, download_bases, workers)
         if args.profile and "twitcher" in bases:
             print(f"profile ({args.profile} s per request type, py-spy):", flush=True)
             args.out.mkdir(parents=True, exist_ok=True)

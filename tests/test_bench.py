@@ -123,16 +123,40 @@ def test_evaluate_flags_each_target_from_the_measured_numbers():
 
     results = {
         "requests": {"getcaps": rows(1000, 400, 390), "execute_get": rows(1000, 399, 399),
-                     "execute_post": rows(1000, 450, 420), "rejected": rows(1000, 299, 299)},
+                     "execute_post": rows(1000, 450, 420), "rejected": rows(1000, 299, 299),
+                     "execute_raw": rows(1000, 100, 100), "getmap": rows(1000, 300, 300)},
         "download": {"size_mb": 200, "direct_mb_s": 1000.0, "twitcher_mb_s": 600.0, "ratio": 0.6,
                      "twitcher_sha256_ok": True, "twitcher_peak_rss_growth_mb": 40.0,
                      "twitcher_ops_mb_s": 600.0, "ops_ratio": 1.0, "twitcher_ops_sha256_ok": False},
         "tokens": [{"size": 1000, "median_us": 20.0}, {"size": 10**6, "median_us": 25.0}],
     }
     verdicts = [c["ok"] for c in report.evaluate(results)]
-    # Ratios to direct (4), download ratio and memory, metrics + log on / off (4, then the
+    # Ratios to direct (6), download ratio and memory, metrics + log on / off (6, then the
     # download, whose checksum is wrong), token cost.
-    assert verdicts == [True, False, True, False, True, False, True, True, False, True, False, True]
+    assert verdicts == [True, False, True, False, False, True, True, False,
+                        True, True, False, True, True, True, False, True]
+
+
+def test_evaluate_flags_the_targets_of_the_nginx_data_plane():
+    def rows(direct, python, nginx):
+        return {"direct": {"rps": direct}, "twitcher": {"rps": python}, "twitcher_nginx": {"rps": nginx},
+                "ratio": python / direct, "nginx_ratio": nginx / direct, "nginx_vs_python": nginx / python}
+
+    results = {
+        "requests": {"getcaps": rows(1000, 400, 370), "execute_get": rows(1000, 399, 650),
+                     "execute_post": rows(1000, 450, 450), "rejected": rows(1000, 299, 299),
+                     "execute_raw": rows(1000, 399, 650), "getmap": rows(1000, 300, 590)},
+        "download": {"size_mb": 200, "direct_mb_s": 1000.0, "twitcher_mb_s": 600.0, "ratio": 0.6,
+                     "twitcher_sha256_ok": True, "twitcher_peak_rss_growth_mb": 10.0,
+                     "twitcher_nginx_mb_s": 760.0, "nginx_plain_mb_s": 800.0, "nginx_vs_plain": 0.95,
+                     "twitcher_nginx_sha256_ok": True, "twitcher_nginx_cpu_ms_per_100mb": 2.0},
+        "tokens": [],
+    }
+    nginx = {c["target"].split(",")[0]: c["ok"] for c in report.evaluate(results) if "nginx" in c["target"]}
+    assert nginx == {"GET Execute": True, "GetMap-like binary GET (64 KiB)": False, "GetCapabilities": False,
+                     "200 MB download": True}
+    cpu = [c for c in report.evaluate(results) if "CPU" in c["target"]]
+    assert cpu[0]["ok"] and cpu[0]["value"] == pytest.approx(4.19, abs=0.01)
 
 
 def test_rss_watch_sees_a_process_grow(tmp_path):

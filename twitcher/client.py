@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import configparser
 import getpass
 import json
 import os
@@ -218,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-H", "--hours", type=float, metavar="HOURS",
                      help="expire this many hours from now at the latest")
 
+    sub = commands.add_parser("nginx-config", help="print the nginx configuration of the data plane "
+                                                   "(twitcher.data_plane = nginx) for the registered services")
+    sub.add_argument("--listen", required=True, metavar="HOST:PORT", help="where nginx listens")
+    sub.add_argument("--app", required=True, metavar="HOST:PORT", help="where Twitcher listens, for nginx")
+    sub.add_argument("--ini", metavar="FILE",
+                     help="Twitcher's ini file, for twitcher.url, protected_path, front_secret, timeouts and "
+                          "body limit (TWITCHER_* variables override it, as for Twitcher)")
+    sub.add_argument("--tls-cert", metavar="PATH", help="nginx's certificate: listen with TLS")
+    sub.add_argument("--tls-key", metavar="PATH", help="its private key")
+    sub.add_argument("--client-ca", metavar="PATH",
+                     help="verify client certificates against this CA (for services with auth cert)")
+
     commands.add_parser("hash-password",
                         help="read a password (prompt or stdin) and print its hash for twitcher.password; "
                              "needs no server")
@@ -308,6 +321,46 @@ def _registration(args: argparse.Namespace) -> Dict[str, Any]:
     return data
 
 
+def ini_settings(path: Optional[str]) -> Dict[str, str]:
+    """The ``twitcher.*`` keys of an ini file's ``[app:main]`` section (none without a file)."""
+    if not path:
+        return {}
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as ini:
+            parser.read_file(ini)
+    except (OSError, configparser.Error) as exc:
+        raise CommandError(f"cannot read {path}: {exc}") from None
+    if not parser.has_section("app:main"):
+        raise CommandError(f"{path} has no [app:main] section")
+    return {k: v for k, v in parser.items("app:main") if k.startswith("twitcher.")}
+
+
+def nginx_config_text(args: argparse.Namespace, admin: Admin) -> str:
+    """``twitcherctl nginx-config``: the settings from ``--ini`` and the environment, the services
+    from the server."""
+    from .dataplane.nginxconf import Front, nginx_config
+    from .exceptions import ConfigurationError
+    from .services import service_from_record
+    from .settings import parse_settings
+
+    raw = {**ini_settings(args.ini), "twitcher.rpcinterface": "false"}
+    try:
+        settings = parse_settings(raw)
+    except ConfigurationError as exc:
+        raise CommandError(str(exc)) from None
+    services = [service_from_record(record) for record in admin.list_services()]
+    front = Front(args.listen, args.app, args.tls_cert, args.tls_key, args.client_ca)
+    try:
+        return nginx_config(services, settings, front)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+#: Printed after a change of the services: nginx's configuration names them.
+NGINX_HINT = "(if nginx carries the data: twitcherctl nginx-config ... > twitcher.conf, then nginx -s reload)"
+
+
 def run(args: argparse.Namespace, admin: Admin) -> tuple:
     """Carry out one command; return ``(result for --json, text for a person)``."""
     command = args.command
@@ -326,11 +379,11 @@ def run(args: argparse.Namespace, admin: Admin) -> tuple:
         return True, "token revoked"
     if command == "register":
         service = admin.register_service(args.url, _registration(args), not args.no_overwrite)
-        return service, _service_text(service)
+        return service, _service_text(service) + "\n" + NGINX_HINT
     if command == "unregister":
         if not admin.unregister_service(args.name):
             raise CommandError(f"no service named {args.name!r}")
-        return True, f"service {args.name!r} removed"
+        return True, f"service {args.name!r} removed\n{NGINX_HINT}"
     if command == "get":
         service = admin.get_service_by_name(args.name)
         if not service:
@@ -339,8 +392,11 @@ def run(args: argparse.Namespace, admin: Admin) -> tuple:
     if command == "list":
         found = admin.list_services()
         return found, _services_table(found)
+    if command == "nginx-config":
+        text = nginx_config_text(args, admin)
+        return text, text
     if command == "clear":
-        return admin.clear_services(), "all services removed"
+        return admin.clear_services(), f"all services removed\n{NGINX_HINT}"
     raise CommandError(f"unknown command {command!r}")  # argparse stops this earlier
 
 

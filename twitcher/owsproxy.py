@@ -41,6 +41,8 @@ from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 from pyramid.request import Request
 from pyramid.response import Response
 
+from .dataplane.accel import hand_off
+from .dataplane.front import FRONT_HEADER
 from .exceptions import (
     BadGateway,
     GatewayTimeout,
@@ -83,7 +85,7 @@ _HOP_BY_HOP = frozenset({
 # HTTP client sets itself (Host, Content-Length), and forwarding headers that Twitcher sets anew.
 _REQUEST_DROPPED = _HOP_BY_HOP | {
     "host", "cookie", "authorization", "access-token", "content-length",
-    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", FRONT_HEADER.lower(),
 }
 _RESPONSE_DROPPED = _HOP_BY_HOP | {"content-length"}
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -541,6 +543,17 @@ def public_proxy_url(service: Service, settings: TwitcherSettings) -> str:
     return f"{settings.public_base_url}{settings.protected_path}/proxy/{service.name}"
 
 
+def upstream_url(service: Service, query_string: str, extra_path: Optional[str], token: Optional[str]) -> str:
+    """The backend URL of a request to ``service`` (:func:`target_url`), for the proxy and for
+    nginx alike (:mod:`twitcher.dataplane`); an extra path that holds the token is refused."""
+    if token and extra_path and token in (unquote(s) for s in extra_path.split("/")):
+        raise InvalidParameterValue("The extra path contains the access token; send it in a header.",
+                                    locator="extra_path")
+    # An OGC API's landing page is a directory: extra paths go below it, not beside it.
+    base_url = api_root(service.url) if service.type == OGCAPI and extra_path is not None else service.url
+    return target_url(base_url, query_string, extra_path)
+
+
 def owsproxy_view(request: Request) -> Response:
     """Forward the request to the registered service; the security tween has let it pass."""
     name = request.matchdict["service_name"]
@@ -556,13 +569,8 @@ def owsproxy_view(request: Request) -> Response:
     settings: TwitcherSettings = request.registry.twitcher
     access: Access = getattr(request, ACCESS_ATTR, None) or Access(None, False)
     extra_path = request.matchdict.get("extra_path")
-    if access.token and extra_path and access.token in (unquote(s) for s in extra_path.split("/")):
-        raise InvalidParameterValue("The extra path contains the access token; send it in a header.",
-                                    locator="extra_path")
-    # An OGC API's landing page is a directory: extra paths go below it, not beside it.
+    url = upstream_url(service, request.environ.get("QUERY_STRING", ""), extra_path, access.token)
     root = api_root(service.url)  # where an OGC API's paths, links and jobs live
-    base_url = root if ogcapi and extra_path is not None else service.url
-    url = target_url(base_url, request.environ.get("QUERY_STRING", ""), extra_path)
     proxy_url = public_proxy_url(service, settings)
     # X-Forwarded-Proto and -Host from the public URL, not from the client's Host header: a backend
     # that builds links from them must not be led to write a host of the client's choosing.
@@ -570,6 +578,10 @@ def owsproxy_view(request: Request) -> Response:
     # remote_addr, not client_addr: webob's client_addr believes what X-Forwarded-For claims.
     headers = forward_request_headers(environ_headers(request.environ), request.remote_addr, public.scheme,
                                       public.netloc, access.token)
+    if settings.data_plane == "nginx":  # the bytes of data answers go through nginx (twitcher/dataplane)
+        handed = hand_off(request, service, url, headers, extra_path)
+        if handed is not None:
+            return handed
     body = request_body(request, settings.max_request_body) if request.method in _BODY_METHODS else None
     slot = request.registry.service_slots.acquire(service.name)
     if slot is None:
@@ -607,3 +619,4 @@ def includeme(config) -> None:
     config.add_route("owsproxy_extra", prefix + "/proxy/{service_name}/{extra_path:.*}")
     config.add_view(owsproxy_view, route_name="owsproxy")
     config.add_view(owsproxy_view, route_name="owsproxy_extra")
+    config.include("twitcher.dataplane")  # the nginx verify endpoint

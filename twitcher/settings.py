@@ -62,6 +62,9 @@ class TwitcherSettings:
     metrics: bool = False
     metrics_allow: Tuple[str, ...] = ("127.0.0.1", "::1")
     access_log: bool = False
+    data_plane: str = "python"
+    front_secret: Optional[str] = None
+    front_addresses: Tuple[str, ...] = ()
 
     @property
     def public_base_url(self) -> str:
@@ -162,6 +165,22 @@ def _networks(value: str) -> Tuple[str, ...]:
     return words
 
 
+def _data_plane(value: str) -> str:
+    """``python`` (Twitcher carries every byte) or ``nginx`` (see :mod:`twitcher.dataplane`)."""
+    word = value.strip().lower()
+    if word not in ("python", "nginx"):
+        raise ValueError(f"expected python or nginx, got {value!r}")
+    return word
+
+
+def _front_secret(value: str) -> Optional[str]:
+    """The shared secret of the front nginx: empty (none) or at least 16 characters a header can carry."""
+    secret = value.strip()
+    if secret and (len(secret) < 16 or not secret.isascii() or not secret.isprintable() or " " in secret):
+        raise ValueError("expected at least 16 printable ASCII characters without spaces")
+    return secret or None
+
+
 def _optional(text: str) -> Optional[str]:
     return text.strip() or None
 
@@ -198,6 +217,9 @@ _PARSERS: Mapping[str, Callable[[str], object]] = {
     "metrics": _bool,
     "metrics_allow": _networks,
     "access_log": _bool,
+    "data_plane": _data_plane,
+    "front_secret": _front_secret,
+    "front_addresses": _networks,
 }
 
 
@@ -230,6 +252,11 @@ def parse_settings(raw: Mapping[str, str], environ: Optional[Mapping[str, str]] 
             raise ConfigurationError(f"invalid value for {key}: {exc}") from None
 
     settings = TwitcherSettings(**values)
+    if settings.data_plane == "nginx" and not (settings.front_secret or settings.front_addresses):
+        raise ConfigurationError(
+            "twitcher.data_plane = nginx needs twitcher.front_secret or twitcher.front_addresses: "
+            "without them anyone could ask the verify endpoint, or get the hand-off meant for nginx"
+        )
     if settings.rpcinterface and not settings.password:
         raise ConfigurationError(
             "twitcher.password is not set: the admin API (twitcher.rpcinterface) refuses to start "

@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 PROXY = "proxy"
 WPS = "wps"
+#: ``<prefix>/verify/...``: the nginx verify endpoint, which judges with :func:`decide` the request
+#: that nginx describes in its headers (:mod:`twitcher.dataplane.verify`), not the subrequest itself.
+VERIFY = "verify"
 # SERVICE_ATTR (from owsexceptions, which renders refusals by the service's type): the request
 # attribute where the tween leaves the service it resolved for a proxy request, so that the proxy
 # view does not look the same service up a second time. Absent when the tween is off
@@ -102,7 +105,8 @@ def resolve_target(path: str, prefix: str) -> Optional[Target]:
     """The target of ``path`` under ``prefix``, or None when the path is not protected.
 
     Mirrors the routes ``<prefix>/proxy/{service_name}[/{extra_path}]`` and ``<prefix>/wps[/...]``;
-    a path that matches neither is ``OTHER`` (it still needs a token: fail closed).
+    a path that matches neither is ``OTHER`` (it still needs a token: fail closed). The verify
+    endpoint ``<prefix>/verify/...`` is None: it runs :func:`decide` itself on what it verifies.
     """
     if not path_is_under(path, prefix):
         return None
@@ -115,6 +119,8 @@ def resolve_target(path: str, prefix: str) -> Optional[Target]:
         return Target(OTHER)
     if head == WPS:
         return Target(WPS, extra=bool(slash))
+    if head == VERIFY and slash:
+        return None
     return Target(OTHER)
 
 
