@@ -6,7 +6,6 @@ running the generated configuration. Skipped, saying why, only when nginx is not
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Iterator, List
 from urllib.parse import urlsplit
@@ -19,7 +18,7 @@ from owslib.wps import ASYNC, SYNC, WebProcessingService
 from tests.nginx import error_log, free_port, nginx_binary, serve_nginx
 from tests.pywps_backend import PyWPSBackend
 from tests.servers import LateApp, serve_wsgi
-from tests.test_e2e_proxy import BACKEND_REPORT, RSSSampler, _broken_ows_app, _closed_port
+from tests.test_e2e_proxy import BACKEND_REPORT, RSSSampler, _broken_ows_app, _closed_port, download_sha256
 from twitcher import main
 from twitcher.dataplane.nginxconf import Front, nginx_config
 from twitcher.services import service_from_registration
@@ -304,16 +303,11 @@ def test_large_output_through_nginx_streams_with_matching_hash(deployment, token
     reference, expected = outputs["file"].reference, outputs["sha256"].data[0]
     assert reference.startswith(deployment.emu + "/outputs/")
     assert requests.get(reference, timeout=TIMEOUT).status_code == 401
-    digest, size = hashlib.sha256(), 0
     carried = len(deployment.exchanges)
     with RSSSampler() as memory:
-        with requests.get(reference, params={"access_token": token}, stream=True, timeout=TIMEOUT) as answer:
-            assert answer.status_code == 200
-            for chunk in answer.iter_content(1 << 16):
-                digest.update(chunk)
-                size += len(chunk)
+        hexdigest, size = download_sha256(reference, {"access_token": token})
     assert size == LARGE_MB << 20
-    assert digest.hexdigest() == expected
+    assert hexdigest == expected
     assert deployment.exchanges[carried:] == []
     assert (max(memory.samples) - memory.samples[0]) / 2**20 < MAX_RSS_GROWTH_MB
 

@@ -5,7 +5,7 @@ import hashlib
 import socket
 import threading
 import time
-from typing import Iterator, List
+from typing import Iterator, List, Tuple
 from urllib.parse import urlsplit
 
 import pytest
@@ -283,22 +283,28 @@ class RSSSampler:
         self._thread.join(timeout=5)
 
 
+def download_sha256(url: str, params: dict) -> Tuple[str, int]:
+    """Stream ``url`` (it must answer 200) through SHA-256, never holding it whole: (hex digest, bytes)."""
+    digest, size = hashlib.sha256(), 0
+    with requests.get(url, params=params, stream=True, timeout=TIMEOUT) as answer:
+        assert answer.status_code == 200
+        for chunk in answer.iter_content(1 << 16):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def test_large_download_streams_with_matching_hash_in_bounded_memory(proxy_url, token):
     reference, expected = _run_bigfile(proxy_url, token, LARGE_MB)
-    digest, size = hashlib.sha256(), 0
     started = time.monotonic()
     with RSSSampler() as memory:
-        with requests.get(reference, params={"access_token": token}, stream=True, timeout=TIMEOUT) as answer:
-            assert answer.status_code == 200
-            for chunk in answer.iter_content(1 << 16):
-                digest.update(chunk)
-                size += len(chunk)
+        hexdigest, size = download_sha256(reference, {"access_token": token})
     elapsed = time.monotonic() - started
     growth_mb = (max(memory.samples) - memory.samples[0]) / 2**20
     print(f"{LARGE_MB} MiB through the proxy in {elapsed:.2f} s ({LARGE_MB / elapsed:.0f} MiB/s), "
           f"peak RSS growth {growth_mb:.1f} MiB")
     assert size == LARGE_MB << 20
-    assert digest.hexdigest() == expected
+    assert hexdigest == expected
     assert growth_mb < MAX_RSS_GROWTH_MB
 
 
