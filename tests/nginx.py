@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.nginx import check_config, nginx_binary, nginx_command, write_config
+from tests.servers import stop_process
 
 __all__ = ["check_config", "error_log", "free_port", "nginx_binary", "serve_nginx", "write_config"]
 
@@ -45,12 +46,7 @@ def serve_nginx(binary: str, prefix: Path, generated: str, port: int) -> Iterato
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
         process.stderr.close()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import threading
 from typing import Callable, Dict, Iterator
 
@@ -96,3 +97,13 @@ def wait_until_up(base_url: str, path: str = "/", timeout: float = START_TIMEOUT
         raise TimeoutError(f"nothing answered at {base_url} within {timeout} s")
     finally:
         timer.cancel()
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Stop a server the test started: SIGTERM, then SIGKILL if it is still there after ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)

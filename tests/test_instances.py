@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
-from tests.servers import serve_wsgi, wait_until_up
+from tests.servers import serve_wsgi, stop_process, wait_until_up
 
 #: Seconds a Twitcher process may take to import, build its app and print its port.
 START_TIMEOUT = 20.0
@@ -52,12 +52,7 @@ def twitcher_process(settings: dict) -> Iterator[str]:
         wait_until_up(base_url, "/health")
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, timeout=5)
         process.stdout.close()
 
 
