@@ -195,19 +195,22 @@ def test_the_soak_verdict_allows_quick_busy_answers_but_not_other_503s(tmp_path)
     from bench.soak import BUSY, analyse
     record = tmp_path / "record.txt"
     record.write_text("r200.0-valid GET Execute\n")  # the backend saw the one successful Execute
-    window = {"start": 100.0, "end": 130.0}
-    rss = {"start": 1000, "end": 1000}
     sent = {"r200.0-valid": "valid"}
+
+    def verdict(outcomes):
+        return analyse(outcomes, sent, record, {"start": 100.0, "end": 130.0}, {"start": 1000, "end": 1000},
+                       32 * 1024)
+
     quick_busy = [_outcome("public", BUSY, 10.0), _outcome("valid", BUSY, 11.0),
                   _outcome("valid", "200", 200.0), _outcome("public", "503", 110.0)]
-    summary, violations = analyse(quick_busy, sent, record, window, rss, 32 * 1024)
+    summary, violations = verdict(quick_busy)
     assert violations == []
     assert summary["busy_503"] == 2
 
-    plain_503 = quick_busy + [_outcome("public", "503", 20.0)]
-    assert any("public answered 503 outside the outage" in v for v in analyse(plain_503, sent, record, window, rss,
-                                                                            32 * 1024)[1])
-    slow_busy = quick_busy + [_outcome("valid", BUSY, 12.0 + i, seconds=5.0) for i in range(3)]
-    assert any("'busy' answers took" in v for v in analyse(slow_busy, sent, record, window, rss, 32 * 1024)[1])
-    busy_admin = quick_busy + [_outcome("health", BUSY, 30.0)]
-    assert any("health answered 503-busy" in v for v in analyse(busy_admin, sent, record, window, rss, 32 * 1024)[1])
+    def one_violation_says(outcomes, text):
+        return any(text in violation for violation in verdict(outcomes)[1])
+
+    assert one_violation_says(quick_busy + [_outcome("public", "503", 20.0)], "public answered 503 outside the outage")
+    slow_busy = [_outcome("valid", BUSY, 12.0 + i, seconds=5.0) for i in range(3)]
+    assert one_violation_says(quick_busy + slow_busy, "'busy' answers took")
+    assert one_violation_says(quick_busy + [_outcome("health", BUSY, 30.0)], "health answered 503-busy")
