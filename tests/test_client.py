@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+from datetime import timedelta
 
 import pytest
 
@@ -11,7 +12,7 @@ from tests.conftest import ADMIN_PASSWORD
 from twitcher.adminauth import verify_password
 from twitcher.client import main, rpc_url
 from twitcher.services import Service
-from twitcher.tokens import new_token, token_digest
+from twitcher.tokens import AccessToken, new_token, token_digest, utcnow
 
 WPS_URL = "http://wps.example.org/emu/wps"
 
@@ -83,6 +84,14 @@ def test_revoke_one_and_all(ctl, store):
     assert store.fetch_token(first[1].digest).revoked and not store.fetch_token(second[1].digest).revoked
     assert ctl("revoke", "--all")[:2] == (0, True)
     assert store.fetch_token(second[1].digest).revoked
+
+
+def test_revoke_takes_a_token_starting_with_a_dash_after_double_dash(ctl, store):
+    """Tokens made before they stopped starting with "-" live up to twitcher.token_max_hours."""
+    token = "-" + "x" * 42
+    store.save_token(AccessToken(token_digest(token), utcnow() + timedelta(hours=1)))
+    assert ctl("revoke", "--", token)[:2] == (0, True)
+    assert store.fetch_token(token_digest(token)).revoked
 
 
 def test_revoke_unknown_token_is_an_error(ctl):

@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("revoke", help="revoke one token, or all with --all")
     group = sub.add_mutually_exclusive_group(required=True)
-    group.add_argument("token", nargs="?", help="the token to revoke")
+    group.add_argument("token", nargs="?", help='the token to revoke (one starting with "-" goes after --)')
     group.add_argument("-A", "--all", action="store_true", help="revoke every token")
 
     sub = commands.add_parser("register", help="register (or replace) an OWS service")
