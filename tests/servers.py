@@ -4,11 +4,18 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
-from typing import Callable, Dict, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import requests
 from waitress import wasyncore
 from waitress.server import create_server
+
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
+from twitcher.services import service_from_registration
+from twitcher.store import Store, open_store
+from twitcher.tokens import new_token
 
 #: Seconds a test waits for a server to answer before it gives up.
 START_TIMEOUT = 10.0
@@ -80,6 +87,62 @@ def serve_twitcher(settings: Dict[str, str]) -> Iterator[str]:
             federation = getattr(late.app.registry, "federation", None)
             if federation is not None:
                 federation.revocations.stop()
+
+
+@dataclass(frozen=True)
+class RunningTwitcher:
+    """A Twitcher served by :func:`running_twitcher`, and the store it reads."""
+
+    #: Its base URL, also its ``twitcher.url``.
+    url: str
+    #: A connection of the test's own to the same SQLite file: what it saves, Twitcher reads.
+    store: Store
+    #: The settings it was built from (without ``twitcher.url``), for a second one on the same store.
+    settings: Mapping[str, str]
+
+    def proxy(self, name: str) -> str:
+        """The proxy URL of the registered service ``name``."""
+        return f"{self.url}/ows/proxy/{name}"
+
+    def token(self, **options) -> str:
+        """A new opaque token valid for an hour, saved in the store; ``options`` go to ``new_token``."""
+        token, record = new_token(1, **options)
+        self.store.save_token(record)
+        return token
+
+    def another(self, settings: Mapping[str, str]) -> contextlib.AbstractContextManager:
+        """A second Twitcher on the same store with ``settings`` changed; yields its base URL."""
+        return serve_twitcher({**self.settings, **settings})
+
+
+@contextlib.contextmanager
+def service_store(folder: Path, services: Sequence[Tuple[str, dict]] = ()) -> Iterator[Store]:
+    """A new SQLite store, ``folder/twitcher.sqlite``, with ``services`` registered; closed after.
+
+    ``services`` are ``(url, registration)`` pairs, as ``register_service`` takes them. Twitcher
+    reaches the same file at ``sqlite:///`` + the store's ``path``.
+    """
+    store = open_store(f"sqlite:///{folder}/twitcher.sqlite")
+    try:
+        for url, registration in services:
+            store.save_service(service_from_registration(url, registration))
+        yield store
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def running_twitcher(folder: Path, services: Sequence[Tuple[str, dict]] = (),
+                     settings: Optional[Mapping[str, str]] = None) -> Iterator[RunningTwitcher]:
+    """A real Twitcher on a :func:`service_store` in ``folder``, served by :func:`serve_twitcher`.
+
+    ``settings`` add to (or replace) the store URL and the admin credentials of ``tests.conftest``.
+    """
+    with service_store(folder, services) as store:
+        full = {"twitcher.db_url": f"sqlite:///{store.path}", "twitcher.username": ADMIN_USER,
+                "twitcher.password": ADMIN_PASSWORD, **(settings or {})}
+        with serve_twitcher(full) as base_url:
+            yield RunningTwitcher(base_url, store, full)
 
 
 def wait_until_up(base_url: str, path: str = "/", timeout: float = START_TIMEOUT) -> None:

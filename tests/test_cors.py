@@ -4,10 +4,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.servers import serve_twitcher
-from twitcher.services import Service, service_from_registration
-from twitcher.store import open_store
-from twitcher.tokens import new_token
+from tests.servers import running_twitcher
+from twitcher.services import Service
 
 PORTAL = "https://portal.example.org"
 TIMEOUT = 30
@@ -77,14 +75,10 @@ def test_bad_origin_settings_stop_start_up(value):
 def test_browser_like_exchange_with_pygeoapi(tmp_path, pygeoapi_server):
     """What a web page does: preflight, then the request with its token; then reads Location."""
     backend, backend_url = pygeoapi_server
-    db_url = f"sqlite:///{tmp_path}/twitcher.sqlite"
-    store = open_store(db_url)
-    store.save_service(service_from_registration(backend_url, {"name": "geo", "type": "ogcapi"}))
-    token, record = new_token(1, subject="web-user")
-    store.save_token(record)
-    settings = {"twitcher.db_url": db_url, "twitcher.password": "x", "twitcher.cors_allow_origins": PORTAL}
-    with serve_twitcher(settings) as base_url:
-        api = base_url + "/ows/proxy/geo"
+    with running_twitcher(tmp_path, [(backend_url, {"name": "geo", "type": "ogcapi"})],
+                          settings={"twitcher.cors_allow_origins": PORTAL}) as twitcher:
+        token = twitcher.token(subject="web-user")
+        api = twitcher.proxy("geo")
         before = len(backend.requests)
         answer = requests.options(f"{api}/processes/hello-world/execution", timeout=TIMEOUT, headers={
             "Origin": PORTAL, "Access-Control-Request-Method": "POST",
@@ -101,4 +95,3 @@ def test_browser_like_exchange_with_pygeoapi(tmp_path, pygeoapi_server):
         refused = requests.get(run.headers["Location"], headers={"Origin": PORTAL}, timeout=TIMEOUT)
         assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == PORTAL
         assert "WWW-Authenticate" in refused.headers["Access-Control-Expose-Headers"]
-    store.close()

@@ -6,16 +6,14 @@ outputs (``outputs/<job>.xml``, ``outputs/<job>/...``) answer only tokens of tha
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import pytest
 import requests
 from owslib.wps import ASYNC, WebProcessingService
 
 from tests.pywps_backend import PyWPSBackend
-from tests.servers import serve_twitcher, serve_wsgi
-from twitcher.services import service_from_registration
-from twitcher.store import open_store
-from twitcher.tokens import new_token
+from tests.servers import RunningTwitcher, running_twitcher, serve_wsgi
 
 TIMEOUT = 30
 
@@ -29,24 +27,23 @@ def backend(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory, backend):
-    """A live Twitcher with the PyWPS backend as ``emu``; yields (proxy URL, store)."""
+def twitcher(tmp_path_factory, backend) -> Iterator[RunningTwitcher]:
+    """A live Twitcher with the PyWPS backend as ``emu``."""
     _, backend_url = backend
-    db_url = f"sqlite:///{tmp_path_factory.mktemp('twitcher-jobs')}/twitcher.sqlite"
-    store = open_store(db_url)
-    store.save_service(service_from_registration(backend_url + "/wps", {"name": "emu"}))
-    with serve_twitcher({"twitcher.db_url": db_url, "twitcher.password": "x"}) as base_url:
-        yield base_url + "/ows/proxy/emu", store
-    store.close()
+    with running_twitcher(tmp_path_factory.mktemp("twitcher-jobs"), [(backend_url + "/wps", {"name": "emu"})]) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
-def tokens(proxy):
-    made = {}
-    for who, subject in (("alice", "alice"), ("alice2", "alice"), ("bob", "bob")):
-        made[who], record = new_token(1, subject=subject)
-        proxy[1].save_token(record)
-    return made
+def proxy(twitcher) -> str:
+    """The proxy URL of ``emu``."""
+    return twitcher.proxy("emu")
+
+
+@pytest.fixture(scope="module")
+def tokens(twitcher):
+    return {"alice": twitcher.token(subject="alice"), "alice2": twitcher.token(subject="alice"),
+            "bob": twitcher.token(subject="bob")}
 
 
 def run_async(proxy_url: str, token: str):
@@ -65,8 +62,8 @@ def run_async(proxy_url: str, token: str):
 
 def test_status_and_outputs_answer_only_the_owner(proxy, tokens, backend):
     wps, _ = backend
-    status_url, reference = run_async(proxy[0], tokens["alice"])
-    assert reference.startswith(proxy[0] + "/outputs/")
+    status_url, reference = run_async(proxy, tokens["alice"])
+    assert reference.startswith(proxy + "/outputs/")
     for url in (status_url, reference):
         mine = requests.get(url, headers={"Authorization": f"Bearer {tokens['alice2']}"}, timeout=TIMEOUT)
         assert mine.status_code == 200, url
@@ -81,8 +78,8 @@ def test_status_and_outputs_answer_only_the_owner(proxy, tokens, backend):
 
 
 def test_each_subject_reads_its_own_jobs(proxy, tokens):
-    alice_status, _ = run_async(proxy[0], tokens["alice"])
-    bob_status, bob_reference = run_async(proxy[0], tokens["bob"])
+    alice_status, _ = run_async(proxy, tokens["alice"])
+    bob_status, bob_reference = run_async(proxy, tokens["bob"])
     assert requests.get(bob_status, headers={"Access-Token": tokens["bob"]}, timeout=TIMEOUT).status_code == 200
     assert requests.get(bob_reference, headers={"Access-Token": tokens["alice"]}, timeout=TIMEOUT).status_code == 403
     assert requests.get(alice_status, headers={"Access-Token": tokens["bob"]}, timeout=TIMEOUT).status_code == 403

@@ -17,13 +17,12 @@ from owslib.wps import ASYNC, SYNC, WebProcessingService
 
 from tests.nginx import error_log, free_port, nginx_binary, serve_nginx
 from tests.pywps_backend import PyWPSBackend
-from tests.servers import LateApp, serve_wsgi
+from tests.servers import LateApp, serve_wsgi, service_store
 from tests.test_e2e_proxy import BACKEND_REPORT, RSSSampler, _broken_ows_app, _closed_port, download_sha256
 from twitcher import main
 from twitcher.dataplane.nginxconf import Front, nginx_config
 from twitcher.services import service_from_registration
 from twitcher.settings import parse_settings
-from twitcher.store import open_store
 from twitcher.tokens import new_token
 
 NGINX = nginx_binary()
@@ -140,36 +139,34 @@ def _count_exchanges(upstream) -> List[str]:
 def deployment(tmp_path_factory, backend) -> Iterator[Deployment]:
     _, backend_url = backend
     work = tmp_path_factory.mktemp("nginx-deployment")
-    db_url = f"sqlite:///{work}/twitcher.sqlite"
-    store = open_store(db_url)
-    store.save_service(service_from_registration(backend_url + "/wps", {"name": "emu"}))
-    store.save_service(service_from_registration(backend_url + "/map", {"name": "maps", "type": "wms"}))
-    store.save_service(service_from_registration(backend_url + "/slow", {"name": "slow", "type": "wms",
-                                                                         "public": True}))
-    store.save_service(service_from_registration(backend_url + "/broken-ows", {"name": "broken-ows",
-                                                                               "public": True}))
-    store.save_service(service_from_registration(f"http://127.0.0.1:{_closed_port()}/map",
-                                                 {"name": "down", "type": "wms", "public": True}))
+    services = [(backend_url + "/wps", {"name": "emu"}),
+                (backend_url + "/map", {"name": "maps", "type": "wms"}),
+                (backend_url + "/slow", {"name": "slow", "type": "wms", "public": True}),
+                (backend_url + "/broken-ows", {"name": "broken-ows", "public": True}),
+                (f"http://127.0.0.1:{_closed_port()}/map", {"name": "down", "type": "wms", "public": True})]
     port = free_port()
     public = f"http://127.0.0.1:{port}"
-    raw = {"twitcher.db_url": db_url, "twitcher.password": "nginx-admin-password", "twitcher.url": public,
-           "twitcher.proxy_timeout": "2 4", "twitcher.max_request_body": str(LIMIT),
-           "twitcher.data_plane": "nginx", "twitcher.front_secret": SECRET}
-    late = LateApp()
-    with serve_wsgi(late) as app_url:
-        late.app = main({}, **raw)
-        exchanges = _count_exchanges(late.app.registry.upstream)
-        settings = parse_settings(raw, environ={})
-        generated = nginx_config(store.list_services(), settings, Front(f"127.0.0.1:{port}", urlsplit(app_url).netloc))
-        # An operator's own location guarded by auth_request, inside the generated server block.
-        generated = generated.rstrip().removesuffix("}") + OPERATOR_LOCATION + "}\n"
-        prefix = work / "nginx"
-        try:
-            with serve_nginx(NGINX, prefix, generated, port) as url:
-                yield Deployment(url, app_url, store, prefix, exchanges)
-        finally:
-            late.app.registry.upstream.close()
-            store.close()
+    # Not running_twitcher: twitcher.url must be nginx's address, not the app's own, and the app
+    # itself is needed (its upstream is counted, its settings go into nginx's configuration).
+    with service_store(work, services) as store:
+        raw = {"twitcher.db_url": f"sqlite:///{store.path}", "twitcher.password": "nginx-admin-password",
+               "twitcher.url": public, "twitcher.proxy_timeout": "2 4", "twitcher.max_request_body": str(LIMIT),
+               "twitcher.data_plane": "nginx", "twitcher.front_secret": SECRET}
+        late = LateApp()
+        with serve_wsgi(late) as app_url:
+            late.app = main({}, **raw)
+            exchanges = _count_exchanges(late.app.registry.upstream)
+            settings = parse_settings(raw, environ={})
+            generated = nginx_config(store.list_services(), settings,
+                                     Front(f"127.0.0.1:{port}", urlsplit(app_url).netloc))
+            # An operator's own location guarded by auth_request, inside the generated server block.
+            generated = generated.rstrip().removesuffix("}") + OPERATOR_LOCATION + "}\n"
+            prefix = work / "nginx"
+            try:
+                with serve_nginx(NGINX, prefix, generated, port) as url:
+                    yield Deployment(url, app_url, store, prefix, exchanges)
+            finally:
+                late.app.registry.upstream.close()
 
 
 @pytest.fixture(scope="module")

@@ -2,43 +2,31 @@
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import pytest
 import requests
 
-from tests.servers import serve_twitcher
-from twitcher.services import service_from_registration
-from twitcher.store import open_store
-from twitcher.tokens import new_token
+from tests.servers import RunningTwitcher, running_twitcher
 
 TIMEOUT = 30
 PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(scope="module")
-def twitcher(tmp_path_factory, pygeoapi_server):
-    """A live Twitcher with pygeoapi registered as ``geo`` (type ogcapi); yields (base URL, store)."""
+def twitcher(tmp_path_factory, pygeoapi_server) -> Iterator[RunningTwitcher]:
+    """A live Twitcher with pygeoapi registered as ``geo`` (type ogcapi)."""
     _, backend_url = pygeoapi_server
-    db_url = f"sqlite:///{tmp_path_factory.mktemp('twitcher-ogcapi')}/twitcher.sqlite"
-    store = open_store(db_url)
-    store.save_service(service_from_registration(backend_url, {"name": "geo", "type": "ogcapi"}))
-    settings = {"twitcher.db_url": db_url, "twitcher.password": "e2e-admin-password",
-                "twitcher.proxy_timeout": "2 30"}
-    with serve_twitcher(settings) as base_url:
-        yield base_url, store
-    store.close()
+    services = [(backend_url, {"name": "geo", "type": "ogcapi"})]
+    with running_twitcher(tmp_path_factory.mktemp("twitcher-ogcapi"), services,
+                          settings={"twitcher.proxy_timeout": "2 30"}) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
 def api(twitcher) -> str:
     """The proxy URL of the pygeoapi landing page."""
-    return twitcher[0] + "/ows/proxy/geo"
-
-
-def make_token(store, subject=None) -> str:
-    token, record = new_token(1, subject=subject)
-    store.save_token(record)
-    return token
+    return twitcher.proxy("geo")
 
 
 def bearer(token: str) -> dict:
@@ -86,7 +74,7 @@ def test_execution_without_token_is_a_problem_and_never_reaches_the_backend(api,
 
 def test_execution_with_a_token_runs(api, twitcher):
     answer = requests.post(f"{api}/processes/hello-world/execution", json={"inputs": {"name": "Ada"}},
-                           headers=bearer(make_token(twitcher[1])), timeout=TIMEOUT)
+                           headers=bearer(twitcher.token()), timeout=TIMEOUT)
     assert answer.status_code == 200, answer.text
     assert answer.json()["value"] == "Hello Ada!"
 
@@ -98,7 +86,7 @@ def test_bad_token_is_a_401_problem(api):
 
 
 def test_unknown_service_is_a_404_problem_for_a_json_client(twitcher):
-    answer = requests.get(f"{twitcher[0]}/ows/proxy/nothere/processes",
+    answer = requests.get(twitcher.proxy("nothere") + "/processes",
                           headers={"Accept": "application/json"}, timeout=TIMEOUT)
     assert answer.status_code == 404 and answer.headers["Content-Type"] == PROBLEM
     assert answer.json()["status"] == 404
@@ -119,13 +107,13 @@ def test_unsupported_method_is_a_405_problem(api):
 
 
 def test_path_leaving_the_api_is_refused(api, twitcher):
-    answer = requests.get(f"{api}/processes/%2e%2e/%2e%2e/x", headers=bearer(make_token(twitcher[1])),
+    answer = requests.get(f"{api}/processes/%2e%2e/%2e%2e/x", headers=bearer(twitcher.token()),
                           timeout=TIMEOUT)
     assert answer.status_code == 400 and answer.headers["Content-Type"] == PROBLEM
 
 
 def test_async_job_location_and_links_lead_through_the_proxy(api, twitcher):
-    token = make_token(twitcher[1], subject="carol")
+    token = twitcher.token(subject="carol")
     answer = requests.post(f"{api}/processes/hello-world/execution", json={"inputs": {"name": "Carol"}},
                            headers={**bearer(token), "Prefer": "respond-async"}, timeout=TIMEOUT)
     assert answer.status_code == 201, answer.text
@@ -161,9 +149,8 @@ def start_job(api: str, token: str, name: str) -> str:
 @pytest.fixture(scope="module")
 def people(twitcher):
     """Two tokens of alice, one of bob, one without a subject."""
-    store = twitcher[1]
-    return {"alice": make_token(store, "alice"), "alice2": make_token(store, "alice"),
-            "bob": make_token(store, "bob"), "anonymous": make_token(store)}
+    return {"alice": twitcher.token(subject="alice"), "alice2": twitcher.token(subject="alice"),
+            "bob": twitcher.token(subject="bob"), "anonymous": twitcher.token()}
 
 
 def test_a_job_answers_its_owner_under_any_of_her_tokens_and_nobody_else(api, people, pygeoapi_server):
@@ -190,7 +177,7 @@ def test_a_job_answers_its_owner_under_any_of_her_tokens_and_nobody_else(api, pe
 def test_a_token_without_subject_owns_only_its_own_jobs(api, people, twitcher):
     location = start_job(api, people["anonymous"], "Nobody")
     wait_for_job(location, people["anonymous"])
-    other = make_token(twitcher[1])
+    other = twitcher.token()
     assert requests.get(location, headers=bearer(other), timeout=TIMEOUT).status_code == 403
     assert requests.get(location, headers=bearer(people["alice"]), timeout=TIMEOUT).status_code == 403
 
@@ -229,9 +216,7 @@ def test_a_job_twitcher_has_no_record_of_is_refused_to_everyone(api, people, pyg
 @pytest.fixture(scope="module")
 def small_limit(twitcher):
     """A second Twitcher on the same store that rewrites nothing over 200 bytes."""
-    _, store = twitcher
-    with serve_twitcher({"twitcher.db_url": f"sqlite:///{store.path}", "twitcher.password": "x",
-                         "twitcher.rewrite_max_bytes": "200"}) as base_url:
+    with twitcher.another({"twitcher.rewrite_max_bytes": "200"}) as base_url:
         yield base_url + "/ows/proxy/geo"
 
 

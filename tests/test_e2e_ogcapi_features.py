@@ -6,24 +6,19 @@ import json
 import pytest
 import requests
 
-from tests.servers import serve_twitcher
-from twitcher.services import service_from_registration
-from twitcher.store import open_store
-from twitcher.tokens import new_token
+from tests.servers import running_twitcher
 
 TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory, pygeoapi_server):
-    """A live Twitcher with pygeoapi as ``features`` (ogcapi); yields (proxy URL, store, backend)."""
+    """A live Twitcher with pygeoapi as ``features`` (ogcapi); yields (proxy URL, the
+    :class:`tests.servers.RunningTwitcher`, backend)."""
     backend, backend_url = pygeoapi_server
-    db_url = f"sqlite:///{tmp_path_factory.mktemp('twitcher-features')}/twitcher.sqlite"
-    store = open_store(db_url)
-    store.save_service(service_from_registration(backend_url, {"name": "features", "type": "ogcapi"}))
-    with serve_twitcher({"twitcher.db_url": db_url, "twitcher.password": "x"}) as base_url:
-        yield base_url + "/ows/proxy/features", store, backend
-    store.close()
+    services = [(backend_url, {"name": "features", "type": "ogcapi"})]
+    with running_twitcher(tmp_path_factory.mktemp("twitcher-features"), services) as live:
+        yield live.proxy("features"), live, backend
 
 
 def test_collections_and_items_are_public_with_links_through_the_proxy(features):
@@ -57,9 +52,8 @@ def test_transactions_without_token_are_refused_and_never_reach_the_backend(feat
 
 
 def test_a_transaction_with_a_token_reaches_the_backend(features):
-    api, store, backend = features
-    token, record = new_token(1)
-    store.save_token(record)
+    api, twitcher, backend = features
+    token = twitcher.token()
     feature = {"type": "Feature", "id": "obs-9", "geometry": {"type": "Point", "coordinates": [1, 2]},
                "properties": {"id": "obs-9", "stn_id": 1, "value": 1.5}}
     before = len(backend.seen("/collections/obs/items"))

@@ -14,10 +14,7 @@ from lxml import etree
 from owslib.wps import ASYNC, SYNC, WebProcessingService
 
 from tests.pywps_backend import PyWPSBackend
-from tests.servers import serve_twitcher, serve_wsgi
-from twitcher.services import service_from_registration
-from twitcher.store import open_store
-from twitcher.tokens import new_token
+from tests.servers import RunningTwitcher, running_twitcher, serve_wsgi
 
 TIMEOUT = 30
 OWS = "{http://www.opengis.net/ows/1.1}"
@@ -45,42 +42,33 @@ def backend(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def twitcher(tmp_path_factory, backend):
-    """A live Twitcher whose ``twitcher.url`` is its own address; yields (base URL, store)."""
+def twitcher(tmp_path_factory, backend) -> Iterator[RunningTwitcher]:
+    """A live Twitcher with the backend as ``emu``, its misbehaving paths and a ``down`` service."""
     _, backend_url = backend
-    db_url = f"sqlite:///{tmp_path_factory.mktemp('twitcher')}/twitcher.sqlite"
-    settings = {"twitcher.db_url": db_url, "twitcher.password": "e2e-admin-password",
-                "twitcher.proxy_timeout": "2 60"}
-    store = open_store(db_url)
-    store.save_service(service_from_registration(backend_url + "/wps", {"name": "emu"}))
-    for name in ("slow", "broken-ows", "broken-html"):
-        store.save_service(service_from_registration(f"{backend_url}/{name}", {"name": name, "public": True}))
-    store.save_service(service_from_registration(f"http://127.0.0.1:{_closed_port()}/wps",
-                                                 {"name": "down", "public": True}))
-    with serve_twitcher(settings) as base_url:
-        yield base_url, store, settings
-    store.close()
+    services = [(backend_url + "/wps", {"name": "emu"})]
+    services += [(f"{backend_url}/{name}", {"name": name, "public": True})
+                 for name in ("slow", "broken-ows", "broken-html")]
+    services.append((f"http://127.0.0.1:{_closed_port()}/wps", {"name": "down", "public": True}))
+    with running_twitcher(tmp_path_factory.mktemp("twitcher"), services,
+                          settings={"twitcher.proxy_timeout": "2 60"}) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
 def impatient_twitcher(twitcher) -> Iterator[str]:
     """A second Twitcher on the same store whose backend read timeout is one second."""
-    settings = {**twitcher[2], "twitcher.proxy_timeout": "1 1"}
-    with serve_twitcher(settings) as base_url:
+    with twitcher.another({"twitcher.proxy_timeout": "1 1"}) as base_url:
         yield base_url
 
 
 @pytest.fixture(scope="module")
 def token(twitcher) -> str:
-    _, store, _ = twitcher
-    token, record = new_token(1, environ=TOKEN_ENVIRON)
-    store.save_token(record)
-    return token
+    return twitcher.token(environ=TOKEN_ENVIRON)
 
 
 @pytest.fixture
 def proxy_url(twitcher) -> str:
-    return twitcher[0] + "/ows/proxy/emu"
+    return twitcher.proxy("emu")
 
 
 def _closed_port() -> int:
@@ -321,7 +309,7 @@ def _next_request_works(proxy_url: str) -> None:
 
 
 def test_backend_down_is_a_502_exception_report(twitcher, proxy_url):
-    answer = requests.get(twitcher[0] + "/ows/proxy/down?service=WPS&request=GetCapabilities", timeout=TIMEOUT)
+    answer = requests.get(twitcher.proxy("down") + "?service=WPS&request=GetCapabilities", timeout=TIMEOUT)
     assert answer.status_code == 502
     assert _report(answer).get("exceptionCode") == "NoApplicableCode"
     assert "127.0.0.1" not in answer.text  # the hidden backend's address is not revealed
@@ -339,14 +327,14 @@ def test_backend_slower_than_the_read_timeout_is_a_504_exception_report(impatien
 
 
 def test_backend_exception_report_passes_through_with_its_status(twitcher, proxy_url):
-    answer = requests.get(twitcher[0] + "/ows/proxy/broken-ows?service=WPS&request=GetCapabilities", timeout=TIMEOUT)
+    answer = requests.get(twitcher.proxy("broken-ows") + "?service=WPS&request=GetCapabilities", timeout=TIMEOUT)
     assert answer.status_code == 500
     assert answer.content == BACKEND_REPORT
     _next_request_works(proxy_url)
 
 
 def test_backend_html_error_passes_through_with_its_status(twitcher, proxy_url):
-    answer = requests.get(twitcher[0] + "/ows/proxy/broken-html?service=WPS&request=GetCapabilities", timeout=TIMEOUT)
+    answer = requests.get(twitcher.proxy("broken-html") + "?service=WPS&request=GetCapabilities", timeout=TIMEOUT)
     assert answer.status_code == 500
     assert answer.headers["Content-Type"] == "text/html"
     assert answer.content == BACKEND_HTML

@@ -17,13 +17,11 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
-from tests.servers import serve_twitcher, serve_wsgi
+from tests.servers import running_twitcher, serve_wsgi
 from tests.test_federation import TAMPERED, tampered_token
 from twitcher import client
 from twitcher.federation.biscuit import public_key_text
 from twitcher.federation.keys import write_signing_key
-from twitcher.services import service_from_registration
-from twitcher.store import open_store
 from twitcher.tokens import utcnow
 
 POLL_SECONDS = 0.2
@@ -86,15 +84,10 @@ def federation(tmp_path_factory):
     with ExitStack() as stack:
         backend_url = stack.enter_context(serve_wsgi(backend))
         relay_urls = {name: stack.enter_context(serve_wsgi(relay)) for name, relay in relays.items()}
+        services = [(f"{backend_url}/{service}", {"name": service}) for service in ("emu", "other")]
         sites = {}
         for name, other in (("a", "b"), ("b", "a")):
-            db_url = f"sqlite:///{folder}/{name}.sqlite"
-            store = open_store(db_url)
-            stack.callback(store.close)
-            for service in ("emu", "other"):
-                store.save_service(service_from_registration(f"{backend_url}/{service}", {"name": service}))
             settings = {
-                "twitcher.db_url": db_url, "twitcher.username": ADMIN_USER, "twitcher.password": ADMIN_PASSWORD,
                 "twitcher.signing_key": str(folder / f"{name}.pem"), "twitcher.site_id": f"site-{name}",
                 "twitcher.trusted_issuers":
                     f"site-{other} = {public_key_text(keys[other].public_key)} {relay_urls[other]}/ows/revoked",
@@ -102,9 +95,9 @@ def federation(tmp_path_factory):
                 "twitcher.revocation_max_age_seconds": str(GRACE_SECONDS),
                 "twitcher.proxy_timeout": "2 10",
             }
-            url = stack.enter_context(serve_twitcher(settings))
-            relays[name].target = url
-            sites[name] = Site(name, url, keys[name], store)
+            live = stack.enter_context(running_twitcher(folder / name, services, settings=settings))
+            relays[name].target = live.url
+            sites[name] = Site(name, live.url, keys[name], live.store)
         yield {"a": sites["a"], "b": sites["b"], "backend": backend, "relays": relays}
 
 
