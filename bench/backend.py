@@ -16,7 +16,9 @@ Documents are built once per base URL and cached, so a request costs a dict look
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import os
 import re
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, List, Tuple
@@ -103,9 +105,25 @@ def capabilities(base_url: str) -> bytes:
     ).encode()
 
 
-@lru_cache(maxsize=16)
+#: Stands for the job id in the cached ``ExecuteResponse``; each answer gets its own id.
+JOB_ID_SLOT = b"JOBID-SLOT-0000000000000000"
+_job_ids = itertools.count(1)
+
+
 def execute_response(base_url: str) -> bytes:
-    """A finished ``ExecuteResponse`` whose links point back at the backend reached at ``base_url``."""
+    """A finished ``ExecuteResponse`` with a job id of its own, as a real WPS answers each Execute.
+
+    One fixed id would make Twitcher find every job "recorded already" and log a warning per
+    request, which no real backend causes; new ids cost it a job record per Execute, which a real
+    one does (``storeExecuteResponse``).
+    """
+    job_id = f"{os.getpid()}-{next(_job_ids):020d}".encode()
+    return _execute_template(base_url).replace(JOB_ID_SLOT, job_id)
+
+
+@lru_cache(maxsize=16)
+def _execute_template(base_url: str) -> bytes:
+    """The ``ExecuteResponse`` whose links point back at the backend reached at ``base_url``."""
     url = escape(base_url, {'"': "&quot;"})
     # Like PyWPS, status documents and outputs live beside the endpoint, not below it.
     outputs = escape(base_url.rsplit("/", 1)[0], {'"': "&quot;"}) + "/outputs"
@@ -115,7 +133,7 @@ def execute_response(base_url: str) -> bytes:
         'xmlns:wps="http://www.opengis.net/wps/1.0.0" xmlns:ows="http://www.opengis.net/ows/1.1" '
         'xmlns:xlink="http://www.w3.org/1999/xlink" '
         f'serviceInstance="{url}?service=WPS&amp;request=GetCapabilities" '
-        f'statusLocation="{outputs}/status-0001.xml">\n'
+        f'statusLocation="{outputs}/status-{JOB_ID_SLOT.decode()}.xml">\n'
         '<wps:Process wps:processVersion="1.0.0"><ows:Identifier>bench.echo</ows:Identifier>'
         "<ows:Title>Echo</ows:Title></wps:Process>\n"
         '<wps:Status creationTime="2024-01-01T00:00:00Z"><wps:ProcessSucceeded>done</wps:ProcessSucceeded>'

@@ -88,13 +88,18 @@ def download_cpu_ms(dl: dict, target: str) -> float:
     return dl[f"{target}_cpu_ms_per_100mb"] * dl["size_mb"] * 1.048576 / 100
 
 
+def _ratio(rows: dict, name: str) -> str:
+    return f"{rows[name]:.2f}" if name in rows else "-"
+
+
 def nginx_markdown(results: dict) -> List[str]:
-    """The nginx data plane beside the Python plane and direct (and plain nginx for the download)."""
+    """The nginx data plane beside the Python plane, direct, and a plain nginx ``proxy_pass``."""
     if not any("twitcher_nginx" in results["requests"].get(s.key, {}) for s in SCENARIOS):
         return []
-    lines = ["", "| request | direct req/s | Python plane req/s | nginx plane req/s | nginx / direct "
-             "| nginx / Python | nginx plane p50 / p90 / p99 ms | CPU ms/req: Twitcher, nginx |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["", "| request | direct req/s | plain nginx req/s | Python plane req/s | nginx plane req/s "
+             "| plain nginx / direct | nginx plane / direct | nginx / plain nginx | nginx / Python "
+             "| nginx plane p50 / p90 / p99 ms | CPU ms/req: Twitcher, nginx |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for scenario in SCENARIOS:
         rows = results["requests"].get(scenario.key, {})
         if "twitcher_nginx" not in rows:
@@ -102,9 +107,10 @@ def nginx_markdown(results: dict) -> List[str]:
         row = rows["twitcher_nginx"]
         cpu = row["cpu_ms_per_request"]
         python = f"{rows['twitcher']['rps']:.0f}" if "twitcher" in rows else "-"
-        versus = f"{rows['nginx_vs_python']:.2f}" if "nginx_vs_python" in rows else "-"
-        lines.append(f"| {scenario.label} | {rows['direct']['rps']:.0f} | {python} | {row['rps']:.0f} | "
-                     f"{rows['nginx_ratio']:.2f} | {versus} | {row['p50_ms']:.1f} / {row['p90_ms']:.1f} / "
+        plain = f"{rows['nginx_plain']['rps']:.0f}" if "nginx_plain" in rows else "-"
+        lines.append(f"| {scenario.label} | {rows['direct']['rps']:.0f} | {plain} | {python} | {row['rps']:.0f} | "
+                     f"{_ratio(rows, 'plain_ratio')} | {rows['nginx_ratio']:.2f} | {_ratio(rows, 'nginx_vs_plain')} | "
+                     f"{_ratio(rows, 'nginx_vs_python')} | {row['p50_ms']:.1f} / {row['p90_ms']:.1f} / "
                      f"{row['p99_ms']:.1f} | {cpu.get('twitcher_nginx', 0):.2f}, {cpu.get('nginx', 0):.2f} |")
     dl = results["download"]
     if "twitcher_nginx_mb_s" in dl:

@@ -58,6 +58,13 @@ def test_execute_answers_a_small_execute_response_linking_back_to_the_backend(ba
     assert doc.xpath("//wps:Reference/@href", namespaces=NS) == [f"http://{HOST}/outputs/1mb.bin"]
 
 
+def test_each_execute_answer_names_a_job_of_its_own(backend_app):
+    # One id for all would have Twitcher log "recorded already" per request, which no real WPS causes.
+    locations = {etree.fromstring(backend_app.get("/wps" + scenarios.GET_EXECUTE).body).get("statusLocation")
+                 for _ in range(3)}
+    assert len(locations) == 3
+
+
 def test_large_file_streams_in_blocks_with_the_announced_length_and_hash(backend_app):
     resp = backend_app.get("/outputs/3mb.bin")
     assert resp.content_type == "application/octet-stream"
@@ -157,6 +164,18 @@ def test_evaluate_flags_the_targets_of_the_nginx_data_plane():
                      "200 MB download": True}
     cpu = [c for c in report.evaluate(results) if "CPU" in c["target"]]
     assert cpu[0]["ok"] and cpu[0]["value"] == pytest.approx(4.19, abs=0.01)
+
+
+def test_nginx_table_sets_the_plane_beside_a_plain_nginx():
+    rows = {"direct": {"rps": 1000}, "nginx_plain": {"rps": 900}, "twitcher": {"rps": 400},
+            "twitcher_nginx": {"rps": 450, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0,
+                               "cpu_ms_per_request": {"twitcher_nginx": 0.3, "nginx": 0.1}},
+            "nginx_ratio": 0.45, "nginx_vs_python": 1.125, "plain_ratio": 0.9, "nginx_vs_plain": 0.5}
+    lines = report.nginx_markdown({"requests": {"getmap": rows}, "download": {}})
+    header = [cell.strip() for cell in lines[1].split("|")]
+    row = dict(zip(header, (cell.strip() for cell in lines[3].split("|"))))
+    assert row["plain nginx req/s"] == "900" and row["plain nginx / direct"] == "0.90"
+    assert row["nginx / plain nginx"] == "0.50" and row["nginx / Python"] == "1.12"
 
 
 def test_rss_watch_sees_a_process_grow(tmp_path):
