@@ -291,10 +291,13 @@ class SQLiteStore(Store):
         now = _epoch(utcnow())
         with self._db() as db:
             # An expired record of the same id gives way; an unexpired one is kept (one owner).
-            db.execute("DELETE FROM jobs WHERE service = ? AND job_id = ? AND expires_at <= ?",
-                       (job.service, job.job_id, now))
-            cursor = db.execute("INSERT OR IGNORE INTO jobs (service, job_id, owner, expires_at) VALUES (?, ?, ?, ?)",
-                                (job.service, job.job_id, job.owner, _epoch(job.expires_at)))
+            # One statement, so one write transaction per recorded job: a DELETE and an INSERT in
+            # autocommit were two, a fifth of the CPU of a proxied Execute.
+            cursor = db.execute(
+                "INSERT INTO jobs (service, job_id, owner, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (service, job_id) DO UPDATE SET owner = excluded.owner, "
+                "expires_at = excluded.expires_at WHERE jobs.expires_at <= ?",
+                (job.service, job.job_id, job.owner, _epoch(job.expires_at), now))
         return cursor.rowcount > 0
 
     def fetch_jobs(self, service: str, job_ids: Sequence[str]) -> Dict[str, JobRecord]:
