@@ -9,7 +9,7 @@ requires = [
     "pyramid>=2.0,<3",
     "pyramid_rpc>=0.8",
     "pymongo>=4,<5",
-    "pycurl>=7.45.3",  # the proxy's HTTP client, libcurl (twitcher/upstream.py); 7.45.3: Linux wheels
+    "pycurl>=7.45.3",  # the proxy's HTTP client, libcurl (twitcher/proxy/upstream.py); 7.45.3: Linux wheels
     "lxml>=4.9",
     "waitress>=2.1",
     "biscuit-python>=0.4,<0.5",  # signed federated tokens, wrapped in twitcher/federation/biscuit.py
@@ -66,7 +66,7 @@ setup(
     ],
     entry_points={
         "paste.app_factory": ["main = twitcher:main"],
-        "console_scripts": ["twitcherctl = twitcher.client:main"],
+        "console_scripts": ["twitcherctl = twitcher.admin.client:main"],
         "paste.server_runner": ["granian = twitcher.ops.runner:serve_granian"],
     },
 )

@@ -57,7 +57,7 @@ from bench.servers import (  # noqa: E402
     uwsgi_command,
 )
 from bench.tokens import token_check_cost  # noqa: E402
-from twitcher.client import ini_settings  # noqa: E402
+from twitcher.admin.client import ini_settings  # noqa: E402
 from twitcher.dataplane.nginxconf import DATA_BUFFER, Front, nginx_config  # noqa: E402
 from twitcher.ops.runner import default_workers  # noqa: E402
 from twitcher.services import service_from_registration  # noqa: E402

@@ -53,7 +53,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import requests
 
 from bench.servers import stop_process_group
-from twitcher.rpcinterface import FAULT_STORE_UNAVAILABLE
+from twitcher.admin.rpcinterface import FAULT_STORE_UNAVAILABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds after the outage within which 503 answers are still expected.

@@ -31,7 +31,7 @@ html_theme_options = {"description": "A security proxy for OGC Web Services", "f
 # and linking them would need intersphinx, which needs the network.
 nitpicky = False
 
-# "generate_token(...)", not "twitcher.rpcinterface.generate_token(...)": XML-RPC callers know
+# "generate_token(...)", not "twitcher.admin.rpcinterface.generate_token(...)": XML-RPC callers know
 # methods by their bare names, and every page says which module it documents.
 add_module_names = False
 autodoc_member_order = "bysource"

@@ -1,4 +1,4 @@
-"""Fuzz the filtering and rewriting of response headers, ``owsproxy.forward_response_headers``.
+"""Fuzz the filtering and rewriting of response headers, ``proxy.view.forward_response_headers``.
 
 Input: ``<service byte>`` then one header per line, ``Name: value``. Invariants:
 
@@ -13,8 +13,8 @@ Input: ``<service byte>`` then one header per line, ``Name: value``. Invariants:
 from __future__ import annotations
 
 from fuzz.common import pick_service
-from twitcher.owsproxy import _HOP_BY_HOP, forward_response_headers
-from twitcher.owsrewrite import map_url, parse_link_header, url_mapper
+from twitcher.ows.rewrite import map_url, parse_link_header, url_mapper
+from twitcher.proxy.view import _HOP_BY_HOP, forward_response_headers
 
 _LINKS = ("location", "content-location", "link")
 

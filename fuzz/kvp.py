@@ -1,4 +1,4 @@
-"""Fuzz the key-value-pair parser: ``owsrequest.decisive_values``, ``parse_kvp`` and their checks.
+"""Fuzz the key-value-pair parser: ``ows.request.decisive_values``, ``parse_kvp`` and their checks.
 
 Input: a raw query string (bytes read as latin-1, as a WSGI server hands it over). Invariants:
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from twitcher.exceptions import InvalidParameterValue, OWSException
-from twitcher.owsrequest import (
+from twitcher.ows.request import (
     _REQUEST_NAME,
     _VERSION,
     DECISIVE_KEYS,

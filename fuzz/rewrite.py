@@ -1,4 +1,4 @@
-"""Fuzz the rewriting of backend documents, ``owsrewrite.rewrite_document``.
+"""Fuzz the rewriting of backend documents, ``ows.rewrite.rewrite_document``.
 
 Input: ``<service byte><charset>\\n<document>``; an empty charset means the backend sent none
 (the document's BOM or XML declaration decides then). The rewriter must never raise: a document it
@@ -10,12 +10,12 @@ cannot read passes unchanged. Invariants:
   four bytes per character; the rest of the URL is written escaped, so a bare ``&`` or quote of a
   malformed document may become ``&amp;`` or ``&quot;`` (at most six bytes for one);
 - a changed document reads in its own character set and names the proxy there, or has lost a
-  backend URL outside the service's directory (emptied, see :mod:`twitcher.owsrewrite`).
+  backend URL outside the service's directory (emptied, see :mod:`twitcher.ows.rewrite`).
 """
 from __future__ import annotations
 
 from fuzz.common import fields, pick_service
-from twitcher.owsrewrite import _escape, document_encoding, rewrite_document, url_mapper
+from twitcher.ows.rewrite import _escape, document_encoding, rewrite_document, url_mapper
 
 #: Bytes a character may take in any character set a document arrives in (UTF-32, UTF-8 at most).
 MAX_CHAR_BYTES = 4

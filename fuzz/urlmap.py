@@ -1,5 +1,5 @@
-"""Fuzz the URL mapper both ways: ``owsproxy.target_url`` (proxy -> backend, with the extra path)
-and ``owsrewrite.map_url`` (backend -> proxy, what rewritten documents link to).
+"""Fuzz the URL mapper both ways: ``proxy.view.target_url`` (proxy -> backend, with the extra path)
+and ``ows.rewrite.map_url`` (backend -> proxy, what rewritten documents link to).
 
 Input: ``<service byte><extra path>\\n<client query>\\n<a URL found in a backend answer>``; an
 extra path of a single ``\\x00`` stands for "none" (``/ows/proxy/{name}`` without a slash).
@@ -19,8 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 from fuzz.common import fields, pick_service
 from twitcher.exceptions import OWSException
-from twitcher.owsproxy import target_url
-from twitcher.owsrewrite import _origin, base_directory, map_url, url_mapper
+from twitcher.ows.rewrite import _origin, base_directory, map_url, url_mapper
+from twitcher.proxy.view import target_url
 from twitcher.tokens import TOKEN_PARAMS, _param_name
 
 

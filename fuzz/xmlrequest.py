@@ -1,4 +1,4 @@
-"""Fuzz the XML request parser, ``owsrequest.parse_xml``, with whole POST bodies.
+"""Fuzz the XML request parser, ``ows.request.parse_xml``, with whole POST bodies.
 
 Invariants: a body with a DOCTYPE never passes (in any encoding); what passes names a known
 service type and a well-formed request; the request is the local name of the root element as a
@@ -9,7 +9,7 @@ from __future__ import annotations
 from lxml import etree
 
 from twitcher.exceptions import OWSException
-from twitcher.owsrequest import _REQUEST_NAME, _new_parser, parse_xml
+from twitcher.ows.request import _REQUEST_NAME, _new_parser, parse_xml
 from twitcher.services import SERVICE_TYPES
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ADMIN_PASSWORD
 from tests.nginx import check_config, nginx_binary, write_config
-from twitcher.client import main as twitcherctl
+from twitcher.admin.client import main as twitcherctl
 from twitcher.dataplane.accel import _ogcapi_data, data_location, is_data_path, service_key
 from twitcher.dataplane.front import from_front
 from twitcher.dataplane.nginxconf import Front, nginx_config

@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import ADMIN_PASSWORD
 from tests.pywps_backend import PyWPSBackend
 from tests.servers import serve_wsgi
-from twitcher import rpcinterface
-from twitcher.client import build_parser
+from twitcher.admin import rpcinterface
+from twitcher.admin.client import build_parser
 from twitcher.settings import TwitcherSettings, env_var_name, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +162,7 @@ def test_every_example_is_shown_on_a_page():
 def test_admin_api_page_documents_every_method_and_fault_code():
     page = (DOCS / "adminapi.rst").read_text(encoding="utf-8")
     for method in rpcinterface.METHODS:
-        assert f".. autofunction:: twitcher.rpcinterface.{method.__name__}(" in page
+        assert f".. autofunction:: twitcher.admin.rpcinterface.{method.__name__}(" in page
     codes = [value for name, value in vars(rpcinterface).items() if name.startswith("FAULT_")]
     for code in codes:
         assert f"   * - ``{code}``" in page

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
-from tests.test_rpcinterface import rpc
+from tests.test_admin_rpcinterface import rpc
 from tests.test_store import run_in_child
 from tests.test_wps import EXECUTE, PROCESSES, output_data
-from twitcher import client
+from twitcher.admin import client
 from twitcher.exceptions import AccessDenied, ConfigurationError, StoreUnavailable, TokenOutOfScope
 from twitcher.federation import biscuit
 from twitcher.federation.access import INTERNAL_WPS, build_federation

@@ -19,7 +19,7 @@ import requests
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
 from tests.servers import running_twitcher, serve_wsgi
 from tests.test_federation import TAMPERED, tampered_token
-from twitcher import client
+from twitcher.admin import client
 from twitcher.federation.biscuit import public_key_text
 from twitcher.federation.keys import write_signing_key
 from twitcher.tokens import utcnow

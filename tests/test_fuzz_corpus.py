@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fuzz.run import TARGETS
-from twitcher.owsproxy import forward_response_headers
-from twitcher.owsrewrite import map_url, rewrite_document
+from twitcher.ows.rewrite import map_url, rewrite_document
+from twitcher.proxy.view import forward_response_headers
 
 CORPUS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus"
 SERVICE, PROXY = "http://backend.example:8080/wps", "https://tw.example/ows/proxy/emu"

@@ -16,7 +16,7 @@ import pytest
 from pyramid.interfaces import ITweens
 
 from tests.servers import serve_wsgi
-from tests.test_rpcinterface import rpc
+from tests.test_admin_rpcinterface import rpc
 from twitcher.exceptions import ConfigurationError
 from twitcher.ops import accesslog
 from twitcher.ops.runner import parse_listen, serve_granian

@@ -12,7 +12,7 @@ from pyramid.response import Response
 from pyramid.tweens import EXCVIEW
 
 from twitcher.exceptions import InvalidParameterValue, MalformedRequest, RequestTooLarge, StoreUnavailable
-from twitcher.owsexceptions import OWS_NS
+from twitcher.ows.exceptions import OWS_NS
 from twitcher.services import Service
 from twitcher.tokens import AccessToken, new_token, token_digest, utcnow
 from twitcher.tweens import OTHER, PROXY, WPS, Target, extract_token, read_body, resolve_target
@@ -49,7 +49,7 @@ def build_guarded_app(settings: dict, handler) -> webtest.TestApp:
     with Configurator(settings=settings) as config:
         config.include("twitcher.settings")
         config.include("twitcher.store")
-        config.include("twitcher.owsexceptions")
+        config.include("twitcher.ows.exceptions")
         config.include("twitcher.tweens")
         prefix = config.registry.twitcher.protected_path
         config.add_route("proxy", prefix + "/proxy/{service_name}")

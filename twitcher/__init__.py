@@ -11,16 +11,16 @@ def main(global_config, **settings):
         config.include(".store")
         config.include(".status")
         features = config.registry.twitcher
-        config.include(".owsexceptions")
+        config.include(".ows.exceptions")
         config.include(".federation")
         config.include(".cors")  # on when twitcher.cors_allow_origins is set
         config.include(".ops")  # metrics and access log, when on: after .store, whose store it times
         if features.ows_security:
             config.include(".tweens")
         if features.ows_proxy:
-            config.include(".owsproxy")
+            config.include(".proxy.view")
         if features.wps:
             config.include(".wps")
         if features.rpcinterface:
-            config.include(".rpcinterface")
+            config.include(".admin.rpcinterface")
         return config.make_wsgi_app()

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 from pyramid.response import Response
 from pyramid.tweens import EXCVIEW
 
-from .owsexceptions import path_is_under
+from .ows.exceptions import path_is_under
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The one error vocabulary of Twitcher.
 
 Every module raises these; exactly two places translate them for the outside world:
-:mod:`twitcher.owsexceptions` renders OWS ``ExceptionReport`` documents for OWS clients and
-:mod:`twitcher.rpcinterface` turns them into XML-RPC ``Fault`` answers for admin clients.
+:mod:`twitcher.ows.exceptions` renders OWS ``ExceptionReport`` documents for OWS clients and
+:mod:`twitcher.admin.rpcinterface` turns them into XML-RPC ``Fault`` answers for admin clients.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ when it relays the creation (an answer it sees anyway), and afterwards a job's s
 and outputs answer only that owner. The rules are in ``docs/ogcapi.rst`` ("Private jobs").
 
 These are plain functions on a store, a token record and what the backend answered; the tween
-(:mod:`twitcher.tweens`) refuses before forwarding, the proxy (:mod:`twitcher.owsproxy`) records
+(:mod:`twitcher.tweens`) refuses before forwarding, the proxy (:mod:`twitcher.proxy.view`) records
 and filters on the way back.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from urllib.parse import unquote_plus, urlsplit
 from lxml import etree
 
 from .exceptions import Forbidden, InvalidParameterValue, MissingParameterValue
-from .owsrequest import xml_parser
+from .ows.request import xml_parser
 from .tokens import AccessToken, utcnow
 
 log = logging.getLogger(__name__)

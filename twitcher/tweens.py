@@ -4,7 +4,7 @@ One pass per request: find the target, parse the OWS request (errors are 400 wha
 token) or classify the OGC API request by method and path (:mod:`twitcher.ogcapi.routes`),
 decide whether a token is needed, extract and check it against the store, check the owner of a
 job the request reads (:mod:`twitcher.jobs`), clean the WSGI environ, then call the handler.
-Every refusal is an exception rendered by :mod:`twitcher.owsexceptions`.
+Every refusal is an exception rendered by :mod:`twitcher.ows.exceptions`.
 
 The judgement is :func:`decide`, a plain function returning a :class:`Decision`: the tween is a
 thin wrapper around it, so that any other caller judges a request exactly the same way.
@@ -35,8 +35,8 @@ from .ogcapi.routes import EXECUTE, JOB, JOB_LIST, PUBLIC, Route, classify
 from .ogcapi.routes import METHODS as OGCAPI_METHODS
 from .ops.record import ALLOWED, DECISION_KEY
 from .ops.record import Decision as AccessRecord
-from .owsexceptions import SERVICE_ATTR, path_is_under
-from .owsrequest import (
+from .ows.exceptions import SERVICE_ATTR, path_is_under
+from .ows.request import (
     OWSRequest,
     check_query_agrees,
     decisive_values,
@@ -62,7 +62,7 @@ WPS = "wps"
 #: ``<prefix>/verify/...``: the nginx verify endpoint, which judges with :func:`decide` the request
 #: that nginx describes in its headers (:mod:`twitcher.dataplane.verify`), not the subrequest itself.
 VERIFY = "verify"
-# SERVICE_ATTR (from owsexceptions, which renders refusals by the service's type): the request
+# SERVICE_ATTR (from ows.exceptions, which renders refusals by the service's type): the request
 # attribute where the tween leaves the service it resolved for a proxy request, so that the proxy
 # view does not look the same service up a second time. Absent when the tween is off
 # (``twitcher.ows_security = false``): the view then looks the service up itself.
@@ -433,5 +433,5 @@ def ows_security_tween_factory(handler, registry):
 def includeme(config) -> None:
     # Under EXCVIEW: the exception-view tween wraps this one, so every OWSException and
     # StoreUnavailable raised here is rendered by the one place that renders errors,
-    # twitcher.owsexceptions (ExceptionReport with the right status, 503 for the store).
+    # twitcher.ows.exceptions (ExceptionReport with the right status, 503 for the store).
     config.add_tween("twitcher.tweens.ows_security_tween_factory", under=EXCVIEW)

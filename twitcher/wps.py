@@ -30,7 +30,7 @@ from pyramid.request import Request
 from pyramid.response import FileResponse, Response
 
 from .exceptions import ConfigurationError, OperationNotSupported, OWSException
-from .owsrequest import xml_parser
+from .ows.request import xml_parser
 from .settings import TwitcherSettings
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """A Sphinx directive that shows the current ``--help`` of an argparse command line.
 
 The command-line reference is then generated from the parser itself, so it cannot drift from
-the code: ``.. argparse-help:: twitcher.client:build_parser`` shows the main help, and with
+the code: ``.. argparse-help:: twitcher.admin.client:build_parser`` shows the main help, and with
 ``:command: gentoken`` the help of one subcommand.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The X-Accel hand-off: Twitcher judged the request, nginx carries the answer's bytes.
 
-The proxy view (:func:`twitcher.owsproxy.owsproxy_view`) asks :func:`hand_off` once the request
+The proxy view (:func:`twitcher.proxy.view.owsproxy_view`) asks :func:`hand_off` once the request
 has passed the security check and its backend URL and headers are built, before anything is sent.
 When the answer is *data* (see below) and the request came through the front nginx, the view
 answers with ``X-Accel-Redirect`` to the service's internal location of the generated
@@ -41,7 +41,7 @@ from pyramid.response import Response
 
 from ..ogcapi import OGCAPI
 from ..ops.record import DECISION_KEY
-from ..owsrequest import xml_parser
+from ..ows.request import xml_parser
 from ..services import Service
 from ..tweens import ACCESS_ATTR, DECISION_ATTR
 from .front import FRONT_HEADER, from_front

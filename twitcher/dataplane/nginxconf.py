@@ -34,7 +34,7 @@ from ..exceptions import BadGateway, GatewayTimeout, OWSException, RequestTooLar
 from ..ogcapi import OGCAPI
 from ..ogcapi.links import api_root
 from ..ogcapi.problems import problem_document
-from ..owsexceptions import exception_report
+from ..ows.exceptions import exception_report
 from ..services import Service
 from ..settings import TwitcherSettings
 from .accel import DATA_LOCATION, FALLBACK_HEADER, data_location
@@ -111,7 +111,7 @@ def _upstream_host(service: Service) -> str:
 
 
 def _directory(service: Service) -> str:
-    """The backend directory that Twitcher's rewriting maps to the proxy (twitcher.owsrewrite)."""
+    """The backend directory that Twitcher's rewriting maps to the proxy (twitcher.ows.rewrite)."""
     base = api_root(service.url) if service.type == OGCAPI else service.url
     parts = urlsplit(base)
     path = parts.path[: parts.path.rfind("/") + 1] or "/"
@@ -119,7 +119,7 @@ def _directory(service: Service) -> str:
 
 
 def _proxy_url(service: Service, settings: TwitcherSettings) -> str:
-    # as twitcher.owsproxy.public_proxy_url (imported there would pull the whole proxy in)
+    # as twitcher.proxy.view.public_proxy_url (imported there would pull the whole proxy in)
     if service.purl:
         return service.purl.rstrip("/")
     return f"{settings.public_base_url}{settings.protected_path}/proxy/{service.name}"

@@ -32,7 +32,7 @@ from pyramid.response import Response
 from ..exceptions import InvalidArgument, OWSException
 from ..ogcapi import OGCAPI
 from ..ops.record import ALLOWED, DECISION_KEY
-from ..owsexceptions import error_response
+from ..ows.exceptions import error_response
 from ..services import check_name
 from ..tweens import ACCESS_ATTR, PROXY, VERIFY, OWSSecurity, decide
 from .accel import is_data
@@ -95,8 +95,8 @@ def _is_ogcapi(store, name: str) -> bool:
 
 def verify_view(request) -> Response:
     """Judge the request nginx describes; 200 with the backend URL, or the refusal."""
-    # Imported here: owsproxy imports this package for its hand-off.
-    from ..owsproxy import upstream_url
+    # Imported here: proxy.view imports this package for its hand-off.
+    from ..proxy.view import upstream_url
 
     registry = request.registry
     settings = registry.twitcher

@@ -61,6 +61,6 @@ def revoked_list_tween_factory(handler, registry):
 def add_revoked_list(config) -> None:
     # Over the OWS security tween, so that this public document needs no token (MAIN is the
     # fallback when that tween is off, twitcher.ows_security = false); under EXCVIEW, so that
-    # anything unexpected is still rendered by twitcher.owsexceptions.
+    # anything unexpected is still rendered by twitcher.ows.exceptions.
     config.add_tween("twitcher.federation.views.revoked_list_tween_factory",
                      over=("twitcher.tweens.ows_security_tween_factory", MAIN), under=EXCVIEW)

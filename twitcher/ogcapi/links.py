@@ -3,7 +3,7 @@
 A backend writes its own address into its answers (OGC API ``links``, ``processDescriptionURL``,
 by-reference outputs, GeoJSON feature links). Every JSON string that is exactly a URL under the
 service's URL is replaced by the proxy URL plus the part that follows, as
-:mod:`twitcher.owsrewrite` does for XML: the same :class:`~twitcher.owsrewrite.UrlMapper` decides.
+:mod:`twitcher.ows.rewrite` does for XML: the same :class:`~twitcher.ows.rewrite.UrlMapper` decides.
 
 Like the XML rewriting this is a substitution on the string literals of the document, not a
 parse and serialise round trip: numbers (``1e400``, ``0.10``), key order and formatting stay byte
@@ -22,7 +22,7 @@ import re
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from ..owsrewrite import url_mapper
+from ..ows.rewrite import url_mapper
 
 log = logging.getLogger(__name__)
 

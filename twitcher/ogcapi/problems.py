@@ -2,7 +2,7 @@
 
 OGC API clients expect JSON errors (OGC API - Processes uses RFC 7807 itself), not the XML
 ExceptionReport of OWS. The refusal is the same :class:`~twitcher.exceptions.OWSException` either
-way; only its rendering differs, and :mod:`twitcher.owsexceptions` stays the one place that
+way; only its rendering differs, and :mod:`twitcher.ows.exceptions` stays the one place that
 picks the rendering (:func:`wants_problem`).
 """
 from __future__ import annotations

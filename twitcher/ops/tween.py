@@ -15,8 +15,8 @@ from typing import Iterator, Optional
 from pyramid.tweens import EXCVIEW
 
 from ..exceptions import AccessDenied, BadGateway, GatewayTimeout, OWSException
-from ..owsexceptions import path_is_under
-from ..upstream import UpstreamError
+from ..ows.exceptions import path_is_under
+from ..proxy.upstream import UpstreamError
 from .batch import Batch
 from .metrics import operation_class
 from .record import DECISION_KEY, DENIED, ERROR, INVALID, UNCHECKED, UPSTREAM_KEY, Decision

@@ -5,7 +5,7 @@ and WCS), WPS ``statusLocation`` attributes and output ``Reference`` hrefs point
 deployment the client can reach only Twitcher. Each URL on the backend's origin *under the service's
 base directory* (the registered path up to its last ``/``) is replaced by the public proxy URL plus
 the part that follows, which is exactly what the proxy's ``extra_path`` resolution turns back into
-the original URL (see :mod:`twitcher.owsproxy`):
+the original URL (see :mod:`twitcher.proxy.view`):
 
     service ``http://h:5000/wps``          proxy ``https://tw/ows/proxy/emu``
     ``http://h:5000/wps?service=WPS``   -> ``https://tw/ows/proxy/emu?service=WPS``
@@ -25,7 +25,7 @@ not a parse and serialise round trip: it is about eight times faster (45 ms agai
 1 MiB WPS capabilities document), keeps the document byte for byte outside the rewritten URLs
 (namespace prefixes, comments, formatting), and handles XML escaping (``&amp;``) and the
 document's character set explicitly. These are pure functions without Pyramid, so they are tested
-on their own (``tests/test_owsrewrite.py``).
+on their own (``tests/test_ows_rewrite.py``).
 """
 from __future__ import annotations
 

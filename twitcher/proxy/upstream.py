@@ -17,7 +17,7 @@ What a backend gets is exactly what the caller chose: libcurl's own defaults (``
 ``Expect: 100-continue``, a form ``Content-Type`` on POST, environment proxies, dot-segment
 removal in the path, protocols other than HTTP(S), HTTP/2) are all switched off.
 
-Failures are :class:`UpstreamError` subclasses; :mod:`twitcher.owsproxy` turns them into OWS
+Failures are :class:`UpstreamError` subclasses; :mod:`twitcher.proxy.view` turns them into OWS
 exceptions (502, 504, 413).
 """
 from __future__ import annotations

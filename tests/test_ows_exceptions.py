@@ -1,4 +1,4 @@
-"""Tests of twitcher.owsexceptions: every error under the protected path is an OWS ExceptionReport."""
+"""Tests of twitcher.ows.exceptions: every error under the protected path is an OWS ExceptionReport."""
 from __future__ import annotations
 
 import pytest
@@ -19,7 +19,7 @@ from twitcher.exceptions import (
     StoreUnavailable,
     UnknownService,
 )
-from twitcher.owsexceptions import (
+from twitcher.ows.exceptions import (
     OWS_NS,
     REPORT_CACHE_SIZE,
     _report_bytes,
@@ -103,7 +103,7 @@ def app(app_settings):
     with Configurator(settings=app_settings) as config:
         config.include("twitcher.settings")
         config.include("twitcher.store")
-        config.include("twitcher.owsexceptions")
+        config.include("twitcher.ows.exceptions")
         for prefix in ("/ows", "/other"):
             for name, exc in (("store", StoreUnavailable("down")), ("boom", RuntimeError("secret detail")),
                               ("forbidden", HTTPForbidden()), ("large", HTTPRequestEntityTooLarge()),

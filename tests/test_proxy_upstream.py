@@ -1,4 +1,4 @@
-"""The backend exchange on libcurl (twitcher/upstream.py), against real servers on 127.0.0.1."""
+"""The backend exchange on libcurl (twitcher/proxy/upstream.py), against real servers on 127.0.0.1."""
 from __future__ import annotations
 
 import gc
@@ -11,7 +11,7 @@ import weakref
 import pytest
 
 from tests.servers import serve_wsgi
-from twitcher.upstream import (
+from twitcher.proxy.upstream import (
     RECEIVE_BUFFER,
     STREAM_BUFFER,
     ServiceSlots,

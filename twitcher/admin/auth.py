@@ -24,7 +24,7 @@ from pyramid.httpexceptions import HTTPLengthRequired, HTTPRequestEntityTooLarge
 from pyramid.security import Allowed, Denied
 from pyramid.tweens import EXCVIEW
 
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -225,4 +225,4 @@ def includeme(config) -> None:
     config.registry.admin_credentials = AdminCredentials(settings.username, settings.password or "")
     config.set_security_policy(AdminSecurityPolicy())
     # Over everything but the exception views: the gate answers itself and raises nothing.
-    config.add_tween("twitcher.adminauth.admin_gate_tween_factory", under=EXCVIEW)
+    config.add_tween("twitcher.admin.auth.admin_gate_tween_factory", under=EXCVIEW)

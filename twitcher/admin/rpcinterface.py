@@ -2,7 +2,7 @@
 
 The methods are compatible with the MongoDB-era Twitcher (0.3/0.4), so existing portals keep
 working; each one's docstring below is its reference. Every call needs the admin's HTTP Basic
-credentials (:mod:`twitcher.adminauth`); without them the answer is HTTP 401 and nothing happens.
+credentials (:mod:`twitcher.admin.auth`); without them the answer is HTTP 401 and nothing happens.
 
 Errors come back as XML-RPC faults whose ``faultString`` says what was wrong. Fault codes:
 
@@ -30,10 +30,11 @@ from xmlrpc.client import Fault, dumps
 from pyramid.httpexceptions import HTTPException, HTTPNotFound
 from pyramid.response import Response
 
-from . import adminauth, services, tokens
-from .exceptions import InvalidArgument, ServiceExists, StoreUnavailable
-from .federation import scope
-from .federation.biscuit import looks_signed
+from .. import services, tokens
+from ..exceptions import InvalidArgument, ServiceExists, StoreUnavailable
+from ..federation import scope
+from ..federation.biscuit import looks_signed
+from . import auth
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ def argument_depth_tween_factory(handler, registry):
     :func:`nesting_fault`); below the admin gate, so that strangers get their 401 first."""
 
     def argument_depth_tween(request):
-        if request.path_info == adminauth.ADMIN_PATH and request.method == "POST":
+        if request.path_info == auth.ADMIN_PATH and request.method == "POST":
             fault = nesting_fault(request.body)
             if fault is not None:
                 log.warning("admin API: refused a request: %s", fault.faultString)
@@ -310,28 +311,28 @@ def http_error_view(exc: HTTPException, request):
     tell a stranger which methods exist.
     """
     if not request.is_authenticated:
-        return adminauth.challenge(request)
+        return auth.challenge(request)
     if isinstance(exc, HTTPNotFound):
         return Fault(FAULT_METHOD_NOT_FOUND, f"no such method: {getattr(request, 'rpc_method', None)!r}")
-    return adminauth.challenge(request)
+    return auth.challenge(request)
 
 
 def unparsed_fault_view(exc: Fault, request):
     """A fault raised before routing (a body that is not XML-RPC): 401 first for strangers."""
     if not request.is_authenticated:
-        return adminauth.challenge(request)
+        return auth.challenge(request)
     return exc
 
 
 def includeme(config) -> None:
-    config.include(".adminauth")
-    config.add_tween("twitcher.rpcinterface.argument_depth_tween_factory",
-                     under="twitcher.adminauth.admin_gate_tween_factory")
+    config.include(".auth")
+    config.add_tween("twitcher.admin.rpcinterface.argument_depth_tween_factory",
+                     under="twitcher.admin.auth.admin_gate_tween_factory")
     config.include("pyramid_rpc.xmlrpc")
-    config.add_xmlrpc_endpoint(ENDPOINT, adminauth.ADMIN_PATH, default_mapper=PositionalMapper)
+    config.add_xmlrpc_endpoint(ENDPOINT, auth.ADMIN_PATH, default_mapper=PositionalMapper)
     for method in METHODS:
         config.add_xmlrpc_method(method, endpoint=ENDPOINT, method=method.__name__,
-                                 permission=adminauth.ADMIN_PERMISSION, require_csrf=False)
+                                 permission=auth.ADMIN_PERMISSION, require_csrf=False)
     # Route-specific, so it wins over pyramid_rpc's catch-all fault view for this route.
     config.add_view(http_error_view, context=HTTPException, route_name=ENDPOINT, renderer="xmlrpc")
     # Same discriminator as pyramid_rpc's own view: ours wins because we include pyramid_rpc.

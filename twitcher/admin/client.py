@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-from . import __version__
-from .adminauth import hash_password
-from .services import SERVICE_TYPES
+from .. import __version__
+from ..services import SERVICE_TYPES
+from .auth import hash_password
 
 DEFAULT_SERVER = "http://localhost:8000"
 DEFAULT_USER = "admin"
@@ -246,8 +246,8 @@ def _scope_arguments(sub: argparse.ArgumentParser, verb: str) -> None:
 
 def keygen(path: str) -> tuple:
     """Write a signing key; return the result for ``--json`` and the text for a person."""
-    from .federation.biscuit import public_key_text
-    from .federation.keys import write_signing_key
+    from ..federation.biscuit import public_key_text
+    from ..federation.keys import write_signing_key
 
     try:
         key = write_signing_key(path)
@@ -265,8 +265,8 @@ def attenuate(args: argparse.Namespace) -> tuple:
     """Narrow a signed token offline; return the result for ``--json`` and the token."""
     from datetime import timedelta
 
-    from .exceptions import InvalidArgument
-    from .federation import biscuit, scope
+    from ..exceptions import InvalidArgument
+    from ..federation import biscuit, scope
 
     try:
         services = scope.services(args.service)
@@ -339,10 +339,10 @@ def ini_settings(path: Optional[str]) -> Dict[str, str]:
 def nginx_config_text(args: argparse.Namespace, admin: Admin) -> str:
     """``twitcherctl nginx-config``: the settings from ``--ini`` and the environment, the services
     from the server."""
-    from .dataplane.nginxconf import Front, nginx_config
-    from .exceptions import ConfigurationError
-    from .services import service_from_record
-    from .settings import parse_settings
+    from ..dataplane.nginxconf import Front, nginx_config
+    from ..exceptions import ConfigurationError
+    from ..services import service_from_record
+    from ..settings import parse_settings
 
     raw = {**ini_settings(args.ini), "twitcher.rpcinterface": "false"}
     try:

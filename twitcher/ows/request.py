@@ -15,13 +15,13 @@ from urllib.parse import unquote_plus
 
 from lxml import etree
 
-from .exceptions import (
+from ..exceptions import (
     InvalidParameterValue,
     MalformedRequest,
     MissingParameterValue,
     OperationNotSupported,
 )
-from .services import OWS_TYPES
+from ..services import OWS_TYPES
 
 #: The keys whose values decide access; each may be given at most once.
 DECISIVE_KEYS = ("service", "request", "version")

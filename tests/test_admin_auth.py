@@ -6,12 +6,13 @@ import xmlrpc.client
 
 import pytest
 
-from twitcher import adminauth, main
-from twitcher.adminauth import AdminCredentials, hash_password, parse_password_hash, verify_password
+from twitcher import main
+from twitcher.admin import auth
+from twitcher.admin.auth import AdminCredentials, hash_password, parse_password_hash, verify_password
 from twitcher.exceptions import ConfigurationError
 
 #: Cheap enough for tests; production hashes use DEFAULT_ITERATIONS.
-FAST = adminauth.MIN_ITERATIONS
+FAST = auth.MIN_ITERATIONS
 
 
 def basic(user: str, password: str) -> str:
@@ -22,13 +23,13 @@ def basic(user: str, password: str) -> str:
 def derivations(monkeypatch):
     """Counts the PBKDF2 derivations (the real function still runs)."""
     calls = []
-    real = adminauth._derive
+    real = auth._derive
 
     def counting(password, salt, iterations):
         calls.append(iterations)
         return real(password, salt, iterations)
 
-    monkeypatch.setattr(adminauth, "_derive", counting)
+    monkeypatch.setattr(auth, "_derive", counting)
     return calls
 
 
@@ -46,7 +47,7 @@ def test_hash_has_the_documented_format_and_verifies():
 
 
 def test_default_hash_uses_the_default_iterations():
-    assert parse_password_hash(hash_password("x"))[0] == adminauth.DEFAULT_ITERATIONS
+    assert parse_password_hash(hash_password("x"))[0] == auth.DEFAULT_ITERATIONS
 
 
 def test_same_password_hashes_differently_each_time():

@@ -12,7 +12,7 @@ import pytest
 import webtest
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
-from twitcher import rpcinterface
+from twitcher.admin import rpcinterface
 from twitcher.exceptions import StoreUnavailable
 from twitcher.services import Service
 from twitcher.tokens import new_token, token_digest
@@ -263,7 +263,7 @@ def test_unexpected_error_is_a_generic_fault_logged_with_traceback(testapp, monk
         raise RuntimeError("secret internals /etc/twitcher")
 
     monkeypatch.setattr(testapp.app.registry.store, "clear_services", broken)
-    with caplog.at_level(logging.ERROR, logger="twitcher.rpcinterface"):
+    with caplog.at_level(logging.ERROR, logger="twitcher.admin.rpcinterface"):
         response = rpc(testapp, "clear_services")
     refused = fault(response)
     assert refused.faultCode == rpcinterface.FAULT_INTERNAL_ERROR

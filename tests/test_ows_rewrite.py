@@ -1,4 +1,4 @@
-"""URL rewriting of backend XML (twitcher/owsrewrite.py): pure functions, real OGC documents."""
+"""URL rewriting of backend XML (twitcher/ows/rewrite.py): pure functions, real OGC documents."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from lxml import etree
 
-from twitcher.owsproxy import target_url
-from twitcher.owsrewrite import (
+from twitcher.ows.rewrite import (
     charset_param,
     document_encoding,
     is_xml_media_type,
@@ -19,6 +18,7 @@ from twitcher.owsrewrite import (
     rewrite_link_header,
     rewrite_text,
 )
+from twitcher.proxy.view import target_url
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROXY = "https://twitcher.example/ows/proxy/svc"

@@ -1,4 +1,4 @@
-"""The OWS proxy (twitcher/owsproxy.py): target URLs, headers, bodies, and the view on a real backend."""
+"""The OWS proxy (twitcher/proxy/view.py): target URLs, headers, bodies, and the view on a real backend."""
 from __future__ import annotations
 
 import gzip
@@ -22,7 +22,8 @@ from pyramid.request import Request
 
 from tests.servers import serve_wsgi
 from twitcher.exceptions import InvalidParameterValue, RequestTooLarge
-from twitcher.owsproxy import (
+from twitcher.proxy.upstream import RECEIVE_BUFFER, STREAM_BUFFER, Upstream
+from twitcher.proxy.view import (
     BoundedBody,
     environ_headers,
     forward_request_headers,
@@ -33,7 +34,6 @@ from twitcher.owsproxy import (
     target_url,
 )
 from twitcher.services import service_from_registration
-from twitcher.upstream import RECEIVE_BUFFER, STREAM_BUFFER, Upstream
 
 OWS = "{http://www.opengis.net/ows/1.1}"
 

@@ -17,14 +17,14 @@ from pyramid.httpexceptions import HTTPException
 from pyramid.response import Response
 from pyramid.view import exception_view_config
 
-from .exceptions import (
+from ..exceptions import (
     MalformedRequest,
     OperationNotSupported,
     OWSException,
     StoreDown,
     StoreUnavailable,
 )
-from .ogcapi.problems import problem_response, wants_problem
+from ..ogcapi.problems import problem_response, wants_problem
 
 log = logging.getLogger(__name__)
 

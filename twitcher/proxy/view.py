@@ -17,7 +17,7 @@ As in RFC 3986 the registered query string does not follow a relative path (an o
 different resource). Anything that could leave the service's origin or base directory is refused
 with ``InvalidParameterValue``: ``.`` and ``..`` segments (percent-encoded or not, at any depth of
 encoding), a leading ``/`` or an empty segment (``//``), a scheme (an absolute URL), backslashes
-and control characters. The rewriting of backend documents (:mod:`twitcher.owsrewrite`) produces
+and control characters. The rewriting of backend documents (:mod:`twitcher.ows.rewrite`) produces
 exactly the links this resolution turns back into backend URLs.
 
 Answers. Status and end-to-end headers pass through; the body is streamed in chunks, so memory
@@ -41,9 +41,9 @@ from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 from pyramid.request import Request
 from pyramid.response import Response
 
-from .dataplane.accel import hand_off
-from .dataplane.front import FRONT_HEADER
-from .exceptions import (
+from ..dataplane.accel import hand_off
+from ..dataplane.front import FRONT_HEADER
+from ..exceptions import (
     BadGateway,
     GatewayTimeout,
     InvalidParameterValue,
@@ -52,16 +52,16 @@ from .exceptions import (
     ServiceBusy,
     UnknownService,
 )
-from .jobs import Inspector, answer_inspector
-from .ogcapi import OGCAPI
-from .ogcapi.links import api_root, is_json_media_type, rewrite_json
-from .ogcapi.routes import METHODS as OGCAPI_METHODS
-from .ops.record import UPSTREAM_KEY
-from .owsrewrite import charset_param, is_xml_media_type, rewrite_document, rewrite_link_header, rewrite_reference
-from .services import Service
-from .settings import TwitcherSettings
-from .tokens import strip_token_params, token_params
-from .tweens import ACCESS_ATTR, DECISION_ATTR, SERVICE_ATTR, Access
+from ..jobs import Inspector, answer_inspector
+from ..ogcapi import OGCAPI
+from ..ogcapi.links import api_root, is_json_media_type, rewrite_json
+from ..ogcapi.routes import METHODS as OGCAPI_METHODS
+from ..ops.record import UPSTREAM_KEY
+from ..ows.rewrite import charset_param, is_xml_media_type, rewrite_document, rewrite_link_header, rewrite_reference
+from ..services import Service
+from ..settings import TwitcherSettings
+from ..tokens import strip_token_params, token_params
+from ..tweens import ACCESS_ATTR, DECISION_ATTR, SERVICE_ATTR, Access
 from .upstream import Exchange, ServiceSlots, Slot, Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def forward_response_headers(headers: Iterable[Tuple[str, str]], service_url: st
     resolved against ``request_url`` (the URL the request went to; the service URL by default)
     and then lead through the proxy when they point into the service's directory, are dropped
     when they point elsewhere on the backend's origin, and pass when they point elsewhere
-    (:func:`twitcher.owsrewrite.rewrite_reference`).
+    (:func:`twitcher.ows.rewrite.rewrite_reference`).
     """
     headers = list(headers)
     dropped = _RESPONSE_DROPPED | _connection_tokens(headers)

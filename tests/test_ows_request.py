@@ -1,4 +1,4 @@
-"""Unit tests of twitcher.owsrequest over a corpus of valid and hostile OWS requests."""
+"""Unit tests of twitcher.ows.request over a corpus of valid and hostile OWS requests."""
 from __future__ import annotations
 
 import threading
@@ -13,7 +13,7 @@ from twitcher.exceptions import (
     MissingParameterValue,
     OperationNotSupported,
 )
-from twitcher.owsrequest import (
+from twitcher.ows.request import (
     OWSRequest,
     check_query_agrees,
     decisive_key,

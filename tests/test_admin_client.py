@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD
-from twitcher.adminauth import verify_password
-from twitcher.client import main, rpc_url
+from twitcher.admin.auth import verify_password
+from twitcher.admin.client import main, rpc_url
 from twitcher.services import Service
 from twitcher.tokens import AccessToken, new_token, token_digest, utcnow
 

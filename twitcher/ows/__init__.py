@@ -1,0 +1,1 @@
+"""The OWS protocol: parsing requests, rendering ExceptionReports, rewriting backend documents."""

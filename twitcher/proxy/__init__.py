@@ -1,0 +1,1 @@
+"""Forwarding: the proxy view and its exchange with the backend."""
