@@ -233,3 +233,16 @@ def test_the_soak_verdict_allows_quick_busy_answers_but_not_other_503s(tmp_path)
     slow_busy = [_outcome("valid", BUSY, 12.0 + i, seconds=5.0) for i in range(3)]
     assert one_violation_says(quick_busy + slow_busy, "'busy' answers took")
     assert one_violation_says(quick_busy + [_outcome("health", BUSY, 30.0)], "health answered 503-busy")
+
+
+def test_inprocess_calls_the_application_as_the_server_would(tmp_path):
+    from bench import inprocess
+
+    python_app, token = inprocess.build_app("python", tmp_path / "python", "http://127.0.0.1:9")
+    # The refusal never reaches the (absent) backend; nor does the nginx plane's hand-off.
+    assert inprocess.call(python_app, inprocess.cases("python", token)["rejected"]).startswith("401")
+    nginx_app, token = inprocess.build_app("nginx", tmp_path / "nginx", "http://127.0.0.1:9")
+    handoff = inprocess.cases("nginx", token)["handoff_getmap"]
+    assert inprocess.call(nginx_app, handoff).startswith("200")
+    measured = inprocess.cpu_per_request(nginx_app, handoff, requests=20, threads=2)
+    assert measured["cpu_ms"] > 0 and measured["rps"] > 0
