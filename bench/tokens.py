@@ -68,7 +68,7 @@ def token_check_cost(workdir: Path, size: int, lookups: int, probes: int = 1000)
         check_token(store.fetch_token(digest))
         samples.append((time.perf_counter_ns() - t0) / 1000)
     store.close()
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-generation"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{path}{suffix}")
     samples.sort()

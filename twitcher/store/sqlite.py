@@ -3,6 +3,8 @@
 One connection per process, opened lazily and reopened after a fork, guarded by a lock so that
 waitress' threads share it safely. WAL mode and a busy timeout let several processes (several
 Twitcher instances, gunicorn workers) share one file: a token written by one is read by all.
+Services are read once per process and generation (:mod:`twitcher.store.generation`), tokens on
+every request.
 """
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..exceptions import InvalidArgument, ServiceExists, StoreUnavailable
 from ..jobs import JobRecord
 from ..services import Service, service_from_record
 from ..tokens import AccessToken, utcnow
 from .base import EXPIRED_GRACE_SECONDS, Store
+from .generation import Generation
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ _MAX_IDS = 500
 BUSY_TIMEOUT_SECONDS = 5.0
 #: After a failure, how long every request is refused at once before one of them tries again.
 RETRY_SECONDS = 1.0
+#: Services a process keeps read (:mod:`twitcher.store.generation`); more, and it starts afresh.
+MAX_CACHED_SERVICES = 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -86,6 +91,9 @@ class SQLiteStore(Store):
         self._state = threading.Lock()  # guards the three below, never held while waiting for SQLite
         self._failing = self._probing = False
         self._failed_at = 0.0
+        self._generation = Generation(self.path)
+        #: name -> (generation it was read under, service); see twitcher/store/generation.py
+        self._services: Dict[str, Tuple[bytes, Service]] = {}
 
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -257,12 +265,22 @@ class SQLiteStore(Store):
         except sqlite3.IntegrityError:
             raise ServiceExists(f"a service named {service.name!r} is registered already "
                                 "(pass overwrite=True to replace it)") from None
+        self._generation.change()
         return service
 
     def fetch_by_name(self, name: str) -> Optional[Service]:
+        generation = self._generation.current()
+        cached = self._services.get(name)
+        if cached is not None and generation is not None and cached[0] == generation:
+            return cached[1]
         with self._db() as db:
             row = db.execute("SELECT record FROM services WHERE name = ?", (name,)).fetchone()
-        return service_from_record(json.loads(row[0])) if row else None
+        service = service_from_record(json.loads(row[0])) if row else None
+        if service is not None and generation is not None:
+            if len(self._services) >= MAX_CACHED_SERVICES:
+                self._services.clear()
+            self._services[name] = (generation, service)
+        return service
 
     def fetch_by_url(self, url: str) -> Optional[Service]:
         with self._db() as db:
@@ -278,11 +296,13 @@ class SQLiteStore(Store):
     def delete_service(self, name: str) -> bool:
         with self._db() as db:
             cursor = db.execute("DELETE FROM services WHERE name = ?", (name,))
+        self._generation.change()
         return cursor.rowcount > 0
 
     def clear_services(self) -> int:
         with self._db() as db:
             cursor = db.execute("DELETE FROM services")
+        self._generation.change()
         return cursor.rowcount
 
     # -- jobs ---------------------------------------------------------------------------
