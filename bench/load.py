@@ -56,6 +56,8 @@ def median_result(runs: List[dict]) -> dict:
         "requests": sum(r["requests"] for r in runs),
         "socket_errors": sum(r["errors"][k] for r in runs for k in ("connect", "read", "write", "timeout")),
         "status_errors": sum(r["errors"]["status"] for r in runs),
+        #: answers without the expected status (503 busy, 502 ...), counted out of "rps"
+        "other_answers": sum(r.get("other_answers", 0) for r in runs),
         "rounds_rps": [round(r["rps"], 1) for r in runs],
         "cpu_ms_per_request": {who: round(statistics.median(r["cpu_ms_per_request"][who] for r in runs), 3)
                                for who in runs[0]["cpu_ms_per_request"]},

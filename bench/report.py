@@ -88,6 +88,12 @@ def download_cpu_ms(dl: dict, target: str) -> float:
     return dl[f"{target}_cpu_ms_per_100mb"] * dl["size_mb"] * 1.048576 / 100
 
 
+def _not_served(row: dict) -> str:
+    """The share of answers without the expected status (503 busy), counted out of req/s."""
+    other = row.get("other_answers", 0)
+    return f"{100 * other / row['requests']:.1f} %" if row.get("requests") else "-"
+
+
 def _ratio(rows: dict, name: str) -> str:
     return f"{rows[name]:.2f}" if name in rows else "-"
 
@@ -140,7 +146,8 @@ def markdown(results: dict) -> str:
              f"{results['settings']['duration']} s; medians of the rounds, ratio: median of the per-round ratios.",
              ""]
     lines += ["| request | direct req/s | Twitcher req/s | ratio | direct p50 / p90 / p99 ms "
-              "| Twitcher p50 / p90 / p99 ms | CPU ms/req: backend, Twitcher |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "| Twitcher p50 / p90 / p99 ms | CPU ms/req: backend, Twitcher | Twitcher answers not served |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def lat(row: dict) -> str:
         return f"{row['p50_ms']:.1f} / {row['p90_ms']:.1f} / {row['p99_ms']:.1f}"
@@ -153,8 +160,9 @@ def markdown(results: dict) -> str:
         if proxied:
             cpu += f", {proxied['cpu_ms_per_request']['twitcher']:.2f}"
         lines.append(f"| {scenario.label} | {direct['rps']:.0f} | {proxied['rps']:.0f} | "
-                     f"{rows['ratio']:.2f} | {lat(direct)} | {lat(proxied)} | {cpu} |" if proxied else
-                     f"| {scenario.label} | {direct['rps']:.0f} | - | - | {lat(direct)} | - | {cpu} |")
+                     f"{rows['ratio']:.2f} | {lat(direct)} | {lat(proxied)} | {cpu} | {_not_served(proxied)} |"
+                     if proxied else
+                     f"| {scenario.label} | {direct['rps']:.0f} | - | - | {lat(direct)} | - | {cpu} | - |")
     if any("twitcher_ops" in results["requests"][s.key] for s in SCENARIOS):
         lines += ["", "| request | Twitcher req/s | with metrics + access log req/s | on / off | p50 / p90 / p99 ms on "
                   "| CPU ms/req on |", "|---|---:|---:|---:|---:|---:|"]
