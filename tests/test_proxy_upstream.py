@@ -297,3 +297,19 @@ def test_an_exchange_gives_its_slot_back_when_it_ends_or_fails(upstream, recorde
     assert slots.in_flight("svc") == 1
     upstream.exchange("GET", recorder[1] + "/ok", [], None, True, TIMEOUT).close()
     assert slots.in_flight("svc") == 0
+
+
+def test_a_request_beyond_the_bound_waits_briefly_for_a_slot_then_is_refused():
+    slots = ServiceSlots(1, wait=2.0)
+    held = slots.acquire("a")
+    threading.Timer(0.1, held.release).start()
+    started = time.monotonic()
+    taken = slots.acquire("a")  # freed 0.1 s later: taken then, not refused
+    assert taken is not None and 0.05 < time.monotonic() - started < 1.5
+    quick = ServiceSlots(1, wait=0.2)
+    kept = quick.acquire("a")
+    started = time.monotonic()
+    assert quick.acquire("a") is None and 0.15 < time.monotonic() - started < 1.5
+    assert quick.acquire("b") is not None  # other services do not wait behind it
+    for slot in (taken, kept):
+        slot.release()
