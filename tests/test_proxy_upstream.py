@@ -313,3 +313,17 @@ def test_a_request_beyond_the_bound_waits_briefly_for_a_slot_then_is_refused():
     assert quick.acquire("b") is not None  # other services do not wait behind it
     for slot in (taken, kept):
         slot.release()
+
+
+def test_refusals_are_reported_once_per_interval_with_their_count(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("twitcher.proxy.upstream.time.monotonic", lambda: clock[0])
+    slots = ServiceSlots(1, wait=0)
+    held = slots.acquire("a")
+    assert slots.acquire("a") is None and slots.acquire("a") is None
+    assert slots.refusals_to_report("a") == 2  # the first report comes at once
+    assert slots.acquire("a") is None
+    assert slots.refusals_to_report("a") == 0  # then at most one per interval
+    clock[0] += 11
+    assert slots.refusals_to_report("a") == 1 and slots.refusals_to_report("b") == 0
+    held.release()

@@ -228,6 +228,8 @@ class Slot:
 
 #: How long a request waits for a slot of its service before it is refused with 503.
 SLOT_WAIT_SECONDS = 0.25
+#: At most one log line per service in this time about the requests its bound refused.
+REFUSAL_LOG_SECONDS = 10.0
 
 
 class ServiceSlots:
@@ -250,6 +252,7 @@ class ServiceSlots:
         self.wait = wait
         self._freed = threading.Condition(threading.Lock())
         self._in_flight: dict = {}
+        self._refused: dict = {}  # name -> [refusals not yet reported, when last reported]
 
     def acquire(self, name: str) -> Optional[Slot]:
         """A slot for one exchange with service ``name``, or None when none came free in time."""
@@ -258,10 +261,22 @@ class ServiceSlots:
             while self._in_flight.get(name, 0) >= self.limit:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self._refused.setdefault(name, [0, float("-inf")])[0] += 1
                     return None
                 self._freed.wait(remaining)
             self._in_flight[name] = self._in_flight.get(name, 0) + 1
         return Slot(self, name)
+
+    def refusals_to_report(self, name: str) -> int:
+        """Refusals of service ``name`` not reported yet, once per ``REFUSAL_LOG_SECONDS`` (else 0):
+        a hung backend refuses every request sent to it, and one log line each would flood the log."""
+        with self._freed:
+            entry = self._refused.get(name)
+            now = time.monotonic()
+            if entry is None or not entry[0] or now - entry[1] < REFUSAL_LOG_SECONDS:
+                return 0
+            count, entry[0], entry[1] = entry[0], 0, now
+            return count
 
     def in_flight(self, name: str) -> int:
         """How many exchanges with service ``name`` hold a slot now (for tests and metrics)."""

@@ -585,8 +585,10 @@ def owsproxy_view(request: Request) -> Response:
     body = request_body(request, settings.max_request_body) if request.method in _BODY_METHODS else None
     slot = request.registry.service_slots.acquire(service.name)
     if slot is None:
-        log.warning("service %s has %d exchanges in flight already: refused", service.name,
-                    settings.max_inflight_per_service)
+        refused = request.registry.service_slots.refusals_to_report(service.name)
+        if refused:
+            log.warning("service %s had %d exchanges in flight: %d requests refused (busy) since the last report",
+                        service.name, settings.max_inflight_per_service, refused)
         raise ServiceBusy("The service is busy; try again later.", retry_after=RETRY_AFTER)
     decision = getattr(request, DECISION_ATTR, None)
     inspect = None if decision is None else answer_inspector(
