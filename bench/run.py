@@ -100,7 +100,6 @@ def count_served(result: dict, scenario, target: str) -> int:
     expected = scenario.direct_status if target in ("direct", "nginx_plain") else scenario.proxy_status
     other = result["errors"]["status"] if expected < 400 else 0
     served = result["requests"] - other
-    result["answered_rps"] = result["rps"]
     result["rps"] = served / (result["duration_us"] / 1e6)
     result["other_answers"] = other
     return served
