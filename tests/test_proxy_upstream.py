@@ -315,6 +315,36 @@ def test_a_request_beyond_the_bound_waits_briefly_for_a_slot_then_is_refused():
         slot.release()
 
 
+def test_each_release_hands_its_slot_to_one_waiter_of_its_own_service():
+    slots = ServiceSlots(1, wait=5.0)
+    held, other = slots.acquire("a"), slots.acquire("b")
+    served, done = [], threading.Event()
+
+    def waiter(number: int) -> None:
+        slot = slots.acquire("a")
+        served.append((number, slot is not None))
+        time.sleep(0.02)
+        if slot is not None:
+            slot.release()
+        if len(served) == 3:
+            done.set()
+
+    threads = [threading.Thread(target=waiter, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    other.release()  # another service's release wakes none of them
+    time.sleep(0.1)
+    assert served == [] and slots.in_flight("a") == 1
+    started = time.monotonic()
+    held.release()  # one slot, passed on from waiter to waiter: no wake-up is lost
+    assert done.wait(4) and all(ok for _, ok in served)
+    assert time.monotonic() - started < 2
+    for thread in threads:
+        thread.join(2)
+    assert slots.in_flight("a") == 0
+
+
 def test_refusals_are_reported_once_per_interval_with_their_count(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr("twitcher.proxy.upstream.time.monotonic", lambda: clock[0])
