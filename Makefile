@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INI ?= development.ini
 
 .DEFAULT_GOAL := help
-.PHONY: help install start test lint docs bench fuzz soak clean
+.PHONY: help install start test lint docs bench compare fuzz soak clean
 
 help: ## show this list of targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ bench: install ## benchmark pserve production.ini (Python and nginx data planes)
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/signed_tokens.py
+
+COMPARE_BASE ?= HEAD
+compare: install ## the working tree against commit COMPARE_BASE (default HEAD), side by side in one run (COMPARE_ARGS="--only getcaps --rounds 7")
+	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || apt-get install -y -qq wrk
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python -m bench.compare --base $(COMPARE_BASE) $(COMPARE_ARGS)
 
 FUZZ_SECONDS ?= 600
 fuzz: install ## fuzz each parser and rewriter with atheris for FUZZ_SECONDS (default 600) each; fails on a finding

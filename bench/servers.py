@@ -62,7 +62,8 @@ class Server:
     """
 
     def __init__(self, name: str, command: Sequence[str], logdir: Path, env: Dict[str, str],
-                 sock: Optional[socket.socket] = None, port: int = 0, worker_marker: str = ""):
+                 sock: Optional[socket.socket] = None, port: int = 0, worker_marker: str = "",
+                 cwd: Path = ROOT):
         self.name = name
         self.port = sock.getsockname()[1] if sock is not None else port
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -73,7 +74,7 @@ class Server:
         fds = (sock.fileno(),) if sock is not None else ()
         with open(self.logfile, "wb") as out:
             self.proc = subprocess.Popen(
-                list(command), pass_fds=fds, start_new_session=True, cwd=ROOT, env=env,
+                list(command), pass_fds=fds, start_new_session=True, cwd=cwd, env=env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         if sock is not None:
             sock.close()  # the child holds the listener now

@@ -246,3 +246,16 @@ def test_inprocess_calls_the_application_as_the_server_would(tmp_path):
     assert inprocess.call(nginx_app, handoff).startswith("200")
     measured = inprocess.cpu_per_request(nginx_app, handoff, requests=20, threads=2)
     assert measured["cpu_ms"] > 0 and measured["rps"] > 0
+
+
+def test_compare_exports_a_commit_whose_package_shadows_the_installed_one(tmp_path):
+    import subprocess
+    import sys
+
+    from bench import compare
+
+    tree = compare.export_tree("HEAD", tmp_path / "base")
+    assert (tree / "production.ini").is_file() and (tree / "twitcher" / "__init__.py").is_file()
+    found = subprocess.run([sys.executable, "-c", "import twitcher; print(twitcher.__file__)"], cwd=tmp_path,
+                           env={"PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True).stdout
+    assert found.strip() == str(tree / "twitcher" / "__init__.py")

@@ -6,6 +6,7 @@ server is covered by ``tests/test_ops_runner.py``.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -265,3 +266,37 @@ def test_queued_observations_add_up_to_what_direct_ones_give():
         assert registry.get_sample_value(f"queued_seconds{suffix}", labels) == pytest.approx(
             registry.get_sample_value(f"direct_seconds{suffix}", labels)), (suffix, labels)
     assert registry.get_sample_value("queued_things_total") == 20
+
+
+class _CountingStream(io.StringIO):
+    """A stream that counts its writes: each one is a system call on a real file or pipe."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_the_access_log_handler_writes_the_lines_of_a_batch_at_once(monkeypatch):
+    from twitcher.ops.batch import Batch
+
+    stream = _CountingStream()
+    handler = accesslog.LineBatchHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    monkeypatch.setattr(accesslog.log, "handlers", [handler])
+    monkeypatch.setattr(accesslog.log, "propagate", False)
+    monkeypatch.setattr(accesslog.log, "level", logging.INFO)
+    batch = Batch(interval=3600)  # flushed by hand below, never by its thread
+    for number in range(3):
+        batch.later(lambda n: accesslog.log.info('{"n":%d}', n), number)
+    assert stream.getvalue() == ""
+    batch.flush()  # the end of a batch writes its lines, in one write
+    assert stream.getvalue() == '{"n":0}\n{"n":1}\n{"n":2}\n' and stream.writes == 1
+
+    monkeypatch.setattr(accesslog.LineBatchHandler, "MAX_PENDING", 20)
+    accesslog.log.info("a line of more than twenty characters")  # too much to keep waiting
+    assert stream.getvalue().endswith("twenty characters\n") and stream.writes == 2
+    accesslog.log.info("waiting")
+    logging.shutdown([lambda: handler])  # at exit every handler is flushed: nothing waits for ever
+    assert stream.getvalue().endswith("waiting\n") and stream.writes == 3

@@ -73,6 +73,54 @@ def access_line(entry) -> str:
     )
 
 
+class LineBatchHandler(logging.StreamHandler):
+    """A stream handler that writes the lines of a batch together: one ``write`` for many lines.
+
+    ``logging.StreamHandler`` writes and flushes after every record: a system call per request,
+    and with it the GIL handed to a request thread and taken back, line after line (measured:
+    a third of the access log's cost under load). Lines wait here until :func:`flush_handlers`
+    at the end of each batch (:mod:`twitcher.ops.batch`, every half second), or until
+    :data:`MAX_PENDING` characters have gathered; every line is still its own record for the
+    logging machinery (filters, levels). ``production.ini`` uses it for the access log; any
+    other handler works too, at its own pace.
+    """
+
+    #: Characters of waiting lines at which they are written without waiting for the batch's end.
+    MAX_PENDING = 64 * 1024
+
+    def __init__(self, stream=None) -> None:
+        super().__init__(stream)
+        self._pending: list = []
+        self._size = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        self._size += len(line)
+        if self._size >= self.MAX_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._pending:
+                text, self._pending, self._size = "".join(self._pending), [], 0
+                self.stream.write(text)
+            super().flush()
+        finally:
+            self.release()
+
+
+def flush_handlers() -> None:
+    """Flush the access log's handlers: the end of a batch of lines (see :class:`LineBatchHandler`)."""
+    for handler in log.handlers:
+        handler.flush()
+
+
 def write(entry) -> None:
     """Log ``entry``'s line at INFO, unless the logger is configured to drop it.
 

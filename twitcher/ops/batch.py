@@ -114,6 +114,7 @@ class Batch:
                     value.inc(amount)
             for histogram, amounts in observed.items():
                 _observe_all(histogram, amounts)
+            accesslog.flush_handlers()  # the lines of this batch, written together
 
 
 def _observe_all(histogram, amounts: List[float]) -> None:
