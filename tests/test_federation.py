@@ -602,6 +602,33 @@ def test_out_of_scope_is_403_and_invalid_is_401_with_the_reason_in_the_log(signi
     assert signed not in text and broken not in text
 
 
+def test_on_an_ogc_api_a_signed_token_is_judged_by_the_ows_operation_the_request_stands_for(signing_app):
+    from twitcher.jobs import new_record
+
+    registry = signing_app.app.registry
+    # Nothing listens on port 9: a request that passes the checks is forwarded and answered 502.
+    registry.store.save_service(service_from_registration("http://127.0.0.1:9/api", {"name": "api", "type": "ogcapi"}))
+
+    def minted(*operations: str) -> Dict[str, str]:
+        token = generate(signing_app, 1, {}, "alice", {"signed": True, "operations": list(operations)})["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
+    runner, watcher, anything = minted("execute"), minted("getstatus", "getresult"), minted()
+    claims = registry.federation.verify(watcher["Authorization"][7:], "api", "getstatus")
+    registry.store.save_job(new_record("api", "job-1", claims, 1))  # alice's job
+    execution = "/ows/proxy/api/processes/echo/execution"
+    body, json_type = b'{"inputs": {}}', "application/json"
+    signing_app.post(execution, body, headers={**runner, "Content-Type": json_type}, status=502)
+    signing_app.post(execution, body, headers={**watcher, "Content-Type": json_type}, status=403)
+    for path in ("/ows/proxy/api/jobs/job-1", "/ows/proxy/api/jobs/job-1/results"):
+        signing_app.get(path, headers=watcher, status=502)
+        signing_app.get(path, headers=runner, status=403)
+    signing_app.delete("/ows/proxy/api/jobs/job-1", headers=watcher, status=403)  # dismiss: not given
+    signing_app.delete("/ows/proxy/api/jobs/job-1", headers=anything, status=502)
+    # The job list stands for no operation: tokens narrowed to operations do not pass.
+    signing_app.get("/ows/proxy/api/jobs", headers=watcher, status=403)
+
+
 def test_revoke_token_kills_the_token_and_its_children_not_its_parent(signing_app):
     parent = generate(signing_app, 1, {}, "", {"signed": True})["access_token"]
     child = biscuit.attenuate(parent, services=["emu"])

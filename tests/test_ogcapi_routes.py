@@ -24,16 +24,16 @@ from twitcher.ogcapi.routes import (
     ("GET", "/conformance", Route(PUBLIC)),
     ("GET", "/api", Route(PUBLIC)),
     ("GET", "/openapi", Route(PUBLIC)),
-    ("GET", "/processes", Route(PUBLIC)),
-    ("GET", "/processes/", Route(PUBLIC)),
-    ("GET", "/processes/hello-world", Route(PUBLIC)),
+    ("GET", "/processes", Route(PUBLIC, operation="getcapabilities")),
+    ("GET", "/processes/", Route(PUBLIC, operation="getcapabilities")),
+    ("GET", "/processes/hello-world", Route(PUBLIC, operation="describeprocess")),
     ("GET", "/collections", Route(PUBLIC)),
     ("GET", "/collections/obs", Route(PUBLIC)),
-    ("GET", "/collections/obs/items", Route(PUBLIC)),
-    ("HEAD", "/collections/obs/items/obs-1", Route(PUBLIC)),
+    ("GET", "/collections/obs/items", Route(PUBLIC, operation="getfeature")),
+    ("HEAD", "/collections/obs/items/obs-1", Route(PUBLIC, operation="getfeature")),
     ("GET", "/collections/obs/queryables", Route(PUBLIC)),
-    ("GET", "/Processes", Route(PUBLIC)),  # literal segments ignore letter case
-    ("POST", "/processes/hello-world/execution", Route(TOKEN, EXECUTE)),
+    ("GET", "/Processes", Route(PUBLIC, operation="getcapabilities")),  # literal segments ignore case
+    ("POST", "/processes/hello-world/execution", Route(TOKEN, EXECUTE, operation="execute")),
     ("GET", "/processes/hello-world/execution", Route(TOKEN)),
     ("POST", "/processes", Route(TOKEN)),                       # Part 2: deploy
     ("PUT", "/processes/hello-world", Route(TOKEN)),            # Part 2: replace
@@ -48,14 +48,16 @@ from twitcher.ogcapi.routes import (
     ("GET", "/collections//items", Route(TOKEN)),               # an empty segment is no {collectionId}
     ("GET", "/jobs", Route(TOKEN, JOB_LIST)),
     ("GET", "/jobs/", Route(TOKEN, JOB_LIST)),
-    ("GET", "/jobs/j1", Route(TOKEN, JOB, "j1")),
-    ("GET", "/jobs/j1/results", Route(TOKEN, JOB, "j1")),
-    ("DELETE", "/jobs/j1", Route(TOKEN, JOB, "j1")),
-    ("GET", "/JOBS/j1/results/out", Route(TOKEN, JOB, "j1")),
-    ("GET", "/jobs;x/j1", Route(TOKEN, JOB, "j1")),             # Tomcat drops ;x: so do we
+    ("GET", "/jobs/j1", Route(TOKEN, JOB, "j1", "getstatus")),
+    ("GET", "/jobs/j1/results", Route(TOKEN, JOB, "j1", "getresult")),
+    ("DELETE", "/jobs/j1", Route(TOKEN, JOB, "j1", "dismiss")),
+    ("GET", "/JOBS/j1/results/out", Route(TOKEN, JOB, "j1", "getresult")),
+    ("POST", "/jobs/j1/results", Route(TOKEN, JOB, "j1")),      # no operation: unrestricted tokens only
+    ("GET", "/jobs/j1/other", Route(TOKEN, JOB, "j1")),
+    ("GET", "/jobs;x/j1", Route(TOKEN, JOB, "j1", "getstatus")),  # Tomcat drops ;x: so do we
     ("GET", "/jobs;x", Route(TOKEN, JOB_LIST)),
-    ("GET", "/jobs/j1;x", Route(TOKEN, JOB, "j1;x")),           # not a job id we record: refused later
-    ("GET", "/processes;x", Route(PUBLIC)),
+    ("GET", "/jobs/j1;x", Route(TOKEN, JOB, "j1;x", "getstatus")),  # not a job id we record: refused later
+    ("GET", "/processes;x", Route(PUBLIC, operation="getcapabilities")),
     ("GET", "/collections/;x/items", Route(TOKEN)),
 ])
 def test_default_table(method, path, expected):
@@ -64,7 +66,7 @@ def test_default_table(method, path, expected):
 
 def test_query_string_is_not_part_of_the_decision():
     # The tween passes the path only: ?f=json and ?f=html are the same request for access.
-    assert classify("GET", "/processes") == Route(PUBLIC)
+    assert classify("GET", "/processes") == Route(PUBLIC, operation="getcapabilities")
 
 
 def test_operator_rules_come_first_and_can_open_or_close():
@@ -72,15 +74,15 @@ def test_operator_rules_come_first_and_can_open_or_close():
     assert classify("GET", "/collections/obs/tiles/WebMercatorQuad/0/0/0", rules) == Route(PUBLIC)
     assert classify("GET", "/collections/obs/tiles", rules) == Route(PUBLIC)
     assert classify("POST", "/collections/obs/tiles", rules) == Route(TOKEN)
-    assert classify("GET", "/processes/hello-world", rules) == Route(TOKEN)
-    assert classify("GET", "/processes", rules) == Route(PUBLIC)
+    assert classify("GET", "/processes/hello-world", rules) == Route(TOKEN, operation="describeprocess")
+    assert classify("GET", "/processes", rules) == Route(PUBLIC, operation="getcapabilities")
 
 
 def test_no_rule_makes_jobs_public():
     rules = parse_rules("public GET,HEAD,POST,PUT,PATCH,DELETE /**")
     assert classify("GET", "/anything", rules) == Route(PUBLIC)
     assert classify("GET", "/jobs", rules) == Route(TOKEN, JOB_LIST)
-    assert classify("GET", "/jobs/1/results", rules) == Route(TOKEN, JOB, "1")
+    assert classify("GET", "/jobs/1/results", rules) == Route(TOKEN, JOB, "1", "getresult")
 
 
 @pytest.mark.parametrize("text", [

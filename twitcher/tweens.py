@@ -312,9 +312,13 @@ class OWSSecurity:
             return Decision(target, service, route)
         if token is None:
             raise AccessDenied("An access token is required for this request.")
-        # Signed tokens are judged for this service and operation (None below a service root:
-        # only tokens without an operation restriction pass there); opaque ones by the store.
-        operation = request_for_service(ows, service_type) if ows is not None and target.kind != OTHER else None
+        # Signed tokens are judged for this service and operation (None below a service root and
+        # on OGC API paths that stand for no OWS operation: only tokens without an operation
+        # restriction pass there); opaque ones by the store.
+        if route is not None:
+            operation = route.operation
+        else:
+            operation = request_for_service(ows, service_type) if ows is not None and target.kind != OTHER else None
         signed_service = {PROXY: target.service_name, WPS: INTERNAL_WPS}.get(target.kind)
         record = check_access(request.registry, token, signed_service, operation)
         if log.isEnabledFor(logging.DEBUG):

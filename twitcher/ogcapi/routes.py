@@ -105,11 +105,13 @@ class Rule:
 
 @dataclass(frozen=True)
 class Route:
-    """The classification of one request: its access level, what it means for jobs, and the job id."""
+    """The classification of one request: its access level, what it means for jobs, the job id,
+    and the OWS operation it stands for (:data:`OPERATIONS`), if any."""
 
     access: str
     kind: str = OTHER
     job_id: Optional[str] = None
+    operation: Optional[str] = None
 
 
 def _rule(methods: str, template: str, access: str = PUBLIC) -> Rule:
@@ -132,6 +134,29 @@ DEFAULT_RULES: Tuple[Rule, ...] = tuple(_rule("GET HEAD", t) for t in (
 ))
 
 
+#: The OWS operation an OGC API request stands for, by method and path template: what a signed
+#: token narrowed to operations (``docs/federation.rst``) is judged by, so that one token narrowed
+#: to ``execute`` runs jobs on a WPS and on an OGC API - Processes alike. Processes mirrors WPS 2.0
+#: (Execute, GetStatus, GetResult, Dismiss), Features the WFS GetFeature. Any other request stands
+#: for no operation, and only tokens without an operation restriction pass there (fail closed).
+OPERATIONS: Tuple[Tuple[FrozenSet[str], str, str], ...] = (
+    (frozenset({"POST"}), "/processes/{processId}/execution", "execute"),
+    (_READ, "/processes", "getcapabilities"),
+    (_READ, "/processes/{processId}", "describeprocess"),
+    (_READ, "/jobs/{jobId}", "getstatus"),
+    (_READ, "/jobs/{jobId}/results/" + ANY_DEPTH, "getresult"),
+    (frozenset({"DELETE"}), "/jobs/{jobId}", "dismiss"),
+    (_READ, "/collections/{collectionId}/items", "getfeature"),
+    (_READ, "/collections/{collectionId}/items/{featureId}", "getfeature"),
+)
+
+
+def operation_of(method: str, path: str) -> Optional[str]:
+    """The OWS operation of ``method`` on ``path`` (normalised, below the landing page), or None."""
+    return next((name for methods, template, name in OPERATIONS
+                 if method in methods and template_matches(template, path)), None)
+
+
 def classify(method: str, path: str, extra_rules: Sequence[Rule] = ()) -> Route:
     """The :class:`Route` of ``method`` on ``path`` (the path below the API's landing page).
 
@@ -140,15 +165,16 @@ def classify(method: str, path: str, extra_rules: Sequence[Rule] = ()) -> Route:
     method = method.upper()
     path = normalise_path(path)
     segments = _segments(path)
+    operation = operation_of(method, path)
     if segments and _without_parameters(segments[0]).lower() == "jobs":
         if len(segments) == 1:
             return Route(TOKEN, JOB_LIST)
-        return Route(TOKEN, JOB, job_id=segments[1])
-    kind = EXECUTE if method == "POST" and template_matches("/processes/{processId}/execution", path) else OTHER
+        return Route(TOKEN, JOB, job_id=segments[1], operation=operation)
+    kind = EXECUTE if operation == "execute" else OTHER
     for rule in (*extra_rules, *DEFAULT_RULES):
         if rule.matches(method, path):
-            return Route(rule.access, kind)
-    return Route(TOKEN, kind)
+            return Route(rule.access, kind, operation=operation)
+    return Route(TOKEN, kind, operation=operation)
 
 
 def parse_rules(text: str) -> Tuple[Rule, ...]:
