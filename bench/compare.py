@@ -62,40 +62,52 @@ def start(name: str, tree: Path, workdir: Path, env: Dict[str, str]) -> Server:
                   worker_marker="spawn_main", cwd=tree)
 
 
+Runs = Dict[str, List[Tuple[float, float]]]  # version -> (rate, CPU) of each round
+
+
+def _orders(rnd: int) -> Tuple[str, ...]:
+    """The versions in turn in round ``rnd``: each starts every other round."""
+    return VERSIONS if rnd % 2 == 0 else VERSIONS[::-1]
+
+
+def summarise(label: str, runs: Runs) -> dict:
+    """Each version's median rate and CPU, and the median and range of the per-round work / base."""
+    ratios = [work[0] / base[0] for base, work in zip(runs["base"], runs["work"])]
+    row = {"label": label, "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    for version in VERSIONS:
+        row[f"{version}_rate"] = statistics.median(r[0] for r in runs[version])
+        row[f"{version}_cpu_ms"] = statistics.median(r[1] for r in runs[version])
+    print(f"  {label[:40]:40s} work/base {row['ratio']:.3f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})",
+          flush=True)
+    return row
+
+
 def measure(targets: Dict[str, Targets], pids: Dict[str, List[int]], keys: Sequence[str], rounds: int,
             duration: int, connections: int) -> List[dict]:
+    """Served requests per second and CPU ms per request of both versions, for each request type."""
     rows = []
     for scenario in (s for s in SCENARIOS if not keys or s.key in keys):
-        runs: Dict[str, List[dict]] = {v: [] for v in VERSIONS}
+        runs: Runs = {v: [] for v in VERSIONS}
         for rnd in range(-1, rounds):  # round -1 warms both up
-            order = VERSIONS if rnd % 2 == 0 else VERSIONS[::-1]
-            for version in order:
+            for version in _orders(rnd):
                 t = targets[version]
                 url, headers = request_for(scenario, t, t.proxy)
                 before = cpu_seconds(pids[version])
                 result = run_wrk(url, scenario.method, headers, t.body_file if scenario.method == "POST" else None,
                                  1 if rnd < 0 else duration, connections, 2)
                 served = count_served(result, scenario, "twitcher")
-                result["cpu_ms"] = 1000 * (cpu_seconds(pids[version]) - before) / max(served, 1)
                 if rnd >= 0:
-                    runs[version].append(result)
-        ratios = [w["rps"] / b["rps"] for b, w in zip(runs["base"], runs["work"])]
-        row = {"key": scenario.key, "label": scenario.label, "ratio": statistics.median(ratios),
-               "ratio_min": min(ratios), "ratio_max": max(ratios)}
-        for version in VERSIONS:
-            row[f"{version}_rps"] = statistics.median(r["rps"] for r in runs[version])
-            row[f"{version}_cpu_ms"] = statistics.median(r["cpu_ms"] for r in runs[version])
-        rows.append(row)
-        print(f"  {scenario.key:13s} work/base {row['ratio']:.3f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})",
-              flush=True)
+                    cpu_ms = 1000 * (cpu_seconds(pids[version]) - before)
+                    runs[version].append((result["rps"], cpu_ms / max(served, 1)))
+        rows.append(summarise(scenario.label, runs))
     return rows
 
 
 def measure_download(targets: Dict[str, Targets], pids: Dict[str, List[int]], size_mb: int, rounds: int) -> dict:
-    """MB/s of one client downloading ``size_mb`` MB through each version in turn, and CPU per 100 MB."""
-    runs: Dict[str, List[Tuple[float, float]]] = {v: [] for v in VERSIONS}
+    """MB/s of one client downloading ``size_mb`` MB through each version in turn, and CPU ms per 100 MB."""
+    runs: Runs = {v: [] for v in VERSIONS}
     for rnd in range(-1, rounds):
-        for version in (VERSIONS if rnd % 2 == 0 else VERSIONS[::-1]):
+        for version in _orders(rnd):
             t = targets[version]
             before = cpu_seconds(pids[version])
             seconds, nbytes, _ = download(f"{t.proxy}/outputs/{size_mb}mb.bin?access_token={t.token}", verify=False)
@@ -104,14 +116,7 @@ def measure_download(targets: Dict[str, Targets], pids: Dict[str, List[int]], si
             if rnd >= 0:
                 cpu_ms = 1000 * (cpu_seconds(pids[version]) - before)
                 runs[version].append((nbytes / 1e6 / seconds, cpu_ms / (nbytes / 1e8)))
-    ratios = [w[0] / b[0] for b, w in zip(runs["base"], runs["work"])]
-    row = {"label": f"{size_mb} MB download (MB/s)", "ratio": statistics.median(ratios),
-           "ratio_min": min(ratios), "ratio_max": max(ratios)}
-    for version in VERSIONS:
-        row[f"{version}_rps"] = statistics.median(r[0] for r in runs[version])
-        row[f"{version}_cpu_ms"] = statistics.median(r[1] for r in runs[version])  # per 100 MB
-    print(f"  download      work/base {row['ratio']:.3f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})", flush=True)
-    return row
+    return summarise(f"{size_mb} MB download (MB/s; CPU per 100 MB)", runs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -173,11 +178,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows = [] if keys == ["none"] else measure(targets, pids, keys, args.rounds, args.duration, args.connections)
         if args.download_mb:
             rows.append(measure_download(targets, pids, args.download_mb, args.rounds))
-    print("\n| request | base req/s | work req/s | work / base (range) | CPU ms/req base, work "
-          "(download: per 100 MB) |")
+    print("\n| request | base req/s | work req/s | work / base (range) | CPU ms/req base, work |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['label']} | {r['base_rps']:.0f} | {r['work_rps']:.0f} | {r['ratio']:.3f} "
+        print(f"| {r['label']} | {r['base_rate']:.0f} | {r['work_rate']:.0f} | {r['ratio']:.3f} "
               f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {r['base_cpu_ms']:.2f}, {r['work_cpu_ms']:.2f} |")
     return 0
 
