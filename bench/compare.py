@@ -32,12 +32,10 @@ if str(ROOT) not in sys.path:
 
 from bench.load import cpu_seconds, download, run_wrk  # noqa: E402
 from bench.run import count_served  # noqa: E402
-from bench.scenarios import POST_EXECUTE, SCENARIOS, SERVICE_NAME, WMS_SERVICE_NAME, Targets, probe, request_for  # noqa: E402
-from bench.servers import Server, clean_env, free_port, gunicorn_command, listening_socket, pserve_command  # noqa: E402
+from bench.scenarios import POST_EXECUTE, SCENARIOS, SERVICE_NAME, Targets, probe, register, request_for  # noqa: E402
+from bench.servers import Server, clean_env, fake_backend, free_port, pserve_command  # noqa: E402
 from twitcher.ops.runner import default_workers  # noqa: E402
-from twitcher.services import service_from_registration  # noqa: E402
 from twitcher.store import open_store  # noqa: E402
-from twitcher.tokens import new_token  # noqa: E402
 
 VERSIONS = ("base", "work")
 
@@ -139,18 +137,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         trees = {"base": export_tree(args.base, workdir / "base"), "work": ROOT}
         env = clean_env()
-        sock = listening_socket()
-        backend = Server("backend", gunicorn_command(sock.fileno()) + [
-            "--workers", "2", "--worker-class", "gthread", "--threads", "16", "--pythonpath", str(ROOT),
-            "bench.backend:app"], workdir, env, sock=sock)
+        backend = fake_backend(workdir, env, workers=2, threads=16)  # as make bench runs it
         stack.callback(backend.stop)
         db_url = f"sqlite:///{workdir / 'twitcher.sqlite'}"
         store = open_store(db_url)
-        store.save_service(service_from_registration(backend.base_url + "/wps", {"name": SERVICE_NAME}))
-        store.save_service(service_from_registration(backend.base_url + "/wms", {"name": WMS_SERVICE_NAME,
-                                                                                 "type": "wms"}))
-        token, record = new_token(2)
-        store.save_token(record)
+        token = register(store, backend.base_url)
         store.close()
         body_file = workdir / "execute.xml"
         body_file.write_bytes(POST_EXECUTE)

@@ -31,8 +31,9 @@ from bench.scenarios import (  # noqa: E402
     POST_EXECUTE,
     SERVICE_NAME,
     WMS_SERVICE_NAME,
+    register,
 )
-from bench.servers import Server, clean_env, gunicorn_command, listening_socket  # noqa: E402
+from bench.servers import clean_env, fake_backend  # noqa: E402
 
 FRONT_SECRET = "bench-front-secret-" + "x" * 24
 Environ = Callable[[], dict]
@@ -111,20 +112,13 @@ def cpu_per_request(app, make: Environ, requests: int, threads: int) -> dict:
 def build_app(plane: str, workdir: Path, backend_url: str):
     """Twitcher as production.ini configures it (SQLite file store), the two bench services, a token."""
     import twitcher
-    from twitcher.services import service_from_registration
-    from twitcher.tokens import new_token
 
     settings = {"twitcher.url": "http://127.0.0.1:8000", "twitcher.db_url": f"sqlite:///{workdir}/twitcher.sqlite",
                 "twitcher.password": "bench-admin-password", "twitcher.wps": "false"}
     if plane == "nginx":
         settings.update({"twitcher.data_plane": "nginx", "twitcher.front_secret": FRONT_SECRET})
     app = twitcher.main({}, **settings)
-    store = app.registry.store
-    store.save_service(service_from_registration(backend_url + "/wps", {"name": SERVICE_NAME}))
-    store.save_service(service_from_registration(backend_url + "/wms", {"name": WMS_SERVICE_NAME, "type": "wms"}))
-    token, record = new_token(2)
-    store.save_token(record)
-    return app, token
+    return app, register(app.registry.store, backend_url)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -137,10 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     thread_counts = [int(n) for n in args.threads.split(",")]
     with tempfile.TemporaryDirectory(prefix="twitcher-inprocess-") as tmp:
         workdir = Path(tmp)
-        sock = listening_socket()
-        backend = Server("backend", gunicorn_command(sock.fileno()) + [
-            "--workers", "1", "--worker-class", "gthread", "--threads", "8", "--pythonpath", str(ROOT),
-            "bench.backend:app"], workdir, clean_env(), sock=sock)
+        backend = fake_backend(workdir, clean_env(), workers=1, threads=8)
         try:
             backend.wait_until_serving()
             app, token = build_app(args.plane, workdir, backend.base_url)

@@ -40,15 +40,16 @@ from bench.scenarios import (  # noqa: E402
     POST_EXECUTE,
     SCENARIOS,
     SERVICE_NAME,
-    WMS_SERVICE_NAME,
     Targets,
     probe,
+    register,
     request_for,
 )
 from bench.servers import (  # noqa: E402
     ROOT,
     Server,
     clean_env,
+    fake_backend,
     free_port,
     gunicorn_command,
     listening_socket,
@@ -60,10 +61,8 @@ from bench.tokens import token_check_cost  # noqa: E402
 from twitcher.admin.client import ini_settings  # noqa: E402
 from twitcher.dataplane.nginxconf import DATA_BUFFER, Front, nginx_config  # noqa: E402
 from twitcher.ops.runner import default_workers  # noqa: E402
-from twitcher.services import service_from_registration  # noqa: E402
 from twitcher.settings import parse_settings  # noqa: E402
 from twitcher.store import open_store  # noqa: E402
-from twitcher.tokens import new_token  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -307,21 +306,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         env = clean_env()
 
-        sock = listening_socket()
-        backend = Server("backend", gunicorn_command(sock.fileno()) + [
-            "--workers", str(args.workers), "--worker-class", "gthread", "--threads", str(args.backend_threads),
-            "--pythonpath", str(ROOT), "bench.backend:app"], workdir, env, sock=sock)
+        backend = fake_backend(workdir, env, args.workers, args.backend_threads)
         stack.callback(backend.stop)
         db_path = workdir / "twitcher.sqlite"
         db_url = f"sqlite:///{db_path}"
         direct = backend.base_url + "/wps"
         store = open_store(db_url)
-        store.save_service(service_from_registration(direct, {"name": SERVICE_NAME}))
-        store.save_service(service_from_registration(backend.base_url + "/wms", {"name": WMS_SERVICE_NAME,
-                                                                                 "type": "wms"}))
+        token = register(store, backend.base_url)
         services = store.list_services()
-        token, record = new_token(2)
-        store.save_token(record)
         store.close()
 
         body_file = workdir / "execute.xml"

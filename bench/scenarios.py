@@ -28,6 +28,19 @@ GET_MAP = ("?service=WMS&version=1.3.0&request=GetMap&layers=bench&styles=&crs=E
            "&bbox=-90,-180,90,180&width=256&height=256&format=image/png")
 
 
+def register(store, backend_url: str) -> str:
+    """The fake backend's two services (its WPS as :data:`SERVICE_NAME`, its ``/wms`` as
+    :data:`WMS_SERVICE_NAME`) and a new two-hour token, saved in ``store``; the token."""
+    from twitcher.services import service_from_registration
+    from twitcher.tokens import new_token
+
+    store.save_service(service_from_registration(backend_url + "/wps", {"name": SERVICE_NAME}))
+    store.save_service(service_from_registration(backend_url + "/wms", {"name": WMS_SERVICE_NAME, "type": "wms"}))
+    token, record = new_token(2)
+    store.save_token(record)
+    return token
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One request type, sent the same way to the backend directly and through Twitcher."""

@@ -42,6 +42,14 @@ def gunicorn_command(fd: int) -> List[str]:
     return [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}"]
 
 
+def fake_backend(workdir: Path, env: Dict[str, str], workers: int, threads: int) -> Server:
+    """The fake OWS backend (:mod:`bench.backend`) under gunicorn, ``workers`` x ``threads``."""
+    sock = listening_socket()
+    return Server("backend", gunicorn_command(sock.fileno()) + [
+        "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
+        "--pythonpath", str(ROOT), "bench.backend:app"], workdir, env, sock=sock)
+
+
 def uwsgi_command(fd: int) -> List[str]:
     """The start of a uWSGI command line listening on the inherited ``fd`` (the uwsgi extra)."""
     # --http11-socket: keep-alive, as wrk and gunicorn do it (--http-socket closes every connection).
